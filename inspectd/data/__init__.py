@@ -1,0 +1,1 @@
+"""Image I/O, MVTec-layout datasets and the cut-paste defect synthesiser."""
