@@ -1,0 +1,69 @@
+"""PaDiM (Defard et al., 2021): a Gaussian per feature location, scored by Mahalanobis distance."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from inspectd.features.backbone import BackboneConfig
+from inspectd.methods import register_method
+from inspectd.methods.base import AnomalyMethod, MethodConfig
+
+
+@dataclass
+class PadimConfig(MethodConfig):
+    backbone: BackboneConfig = field(default_factory=lambda: BackboneConfig(layers=[1, 2, 3]))
+    n_features: int = 100  # random channel subset, as in the paper
+    covariance_reg: float = 0.01  # added to the diagonal so the covariance is invertible
+
+
+def concat_layers(maps: list[torch.Tensor]) -> torch.Tensor:
+    """Upsample every map to the largest one and concatenate along channels."""
+    size = maps[0].shape[-2:]
+    ups = [m if m.shape[-2:] == size else F.interpolate(m, size=size, mode="bilinear", align_corners=False)
+           for m in maps]
+    return torch.cat(ups, dim=1)
+
+
+@register_method
+class Padim(AnomalyMethod):
+    name = "padim"
+    Config = PadimConfig
+
+    def __init__(self, config: PadimConfig | None = None, load_weights: bool = True):
+        super().__init__(config, load_weights)
+        total = sum(self.backbone.channels)
+        d = min(self.config.n_features, total)
+        gen = torch.Generator().manual_seed(self.config.seed)
+        self.register_buffer("channel_index", torch.randperm(total, generator=gen)[:d].sort().values)
+        self.register_buffer("mean", None)  # (L, d)
+        self.register_buffer("inv_cov", None)  # (L, d, d)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return concat_layers(self.backbone(images))[:, self.channel_index]
+
+    def score_features(self, feats: torch.Tensor) -> torch.Tensor:
+        b, d, h, w = feats.shape
+        delta = feats.flatten(2).permute(2, 0, 1) - self.mean[:, None, :]  # (L, B, d)
+        maha = torch.einsum("lbd,lde,lbe->lb", delta, self.inv_cov, delta)
+        return maha.permute(1, 0).reshape(b, h, w)
+
+    def _fit(self, batches, n_images: int) -> None:
+        # Streamed sums in float64: the covariance of ~200 images never needs all features in memory.
+        total = outer = None
+        count = 0
+        for images in batches:
+            f = self.features(images).flatten(2).double()  # (b, d, L)
+            if total is None:
+                total = torch.zeros(f.shape[2], f.shape[1], dtype=torch.float64)
+                outer = torch.zeros(f.shape[2], f.shape[1], f.shape[1], dtype=torch.float64)
+            total += f.sum(0).T
+            outer += torch.einsum("bdl,bel->lde", f, f)
+            count += f.shape[0]
+        mean = total / count
+        cov = (outer - count * mean[:, :, None] * mean[:, None, :]) / max(count - 1, 1)
+        cov += self.config.covariance_reg * torch.eye(cov.shape[-1], dtype=cov.dtype)
+        self.mean = mean.float()
+        self.inv_cov = torch.linalg.inv(cov).float()
