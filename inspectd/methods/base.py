@@ -130,6 +130,24 @@ class AnomalyMethod(nn.Module):
         self.fitted = True
         return self
 
+    # --- hooks used by F2PAD ---------------------------------------------------------------
+    @property
+    def feature_stride(self) -> int:
+        """Pixels per cell of the feature map (maps are brought to the finest selected layer)."""
+        return self.backbone.strides[0]
+
+    def score_features_at(self, feats: torch.Tensor, offset: tuple[int, int]) -> torch.Tensor:
+        """Scores of the features of an image crop whose first cell is `offset` (row, col) of the
+        full-image feature grid. Position-independent methods ignore the offset."""
+        return self.score_features(feats)
+
+    def refine_scorer(self, feats0: torch.Tensor, offset: tuple[int, int], cells: torch.Tensor):
+        """The scores F2PAD minimises: a function of the crop's features (1,C,h,w) returning the
+        scores of the feature cells selected by the bool mask `cells` (h,w), given the features
+        of the initial estimate. Methods may simplify the score around that estimate
+        (PatchCore's candidate sets) or compute only the selected cells (PaDiM)."""
+        return lambda feats: self.score_features_at(feats, offset)[0][cells]
+
     def score_map(self, images: torch.Tensor) -> torch.Tensor:
         return self.score_features(self.features(images))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -67,3 +68,33 @@ class Padim(AnomalyMethod):
         cov += self.config.covariance_reg * torch.eye(cov.shape[-1], dtype=cov.dtype)
         self.mean = mean.float()
         self.inv_cov = torch.linalg.inv(cov).float()
+
+    def window_index(self, offset: tuple[int, int], h: int, w: int, device) -> torch.Tensor:
+        """Flat indices of an (h, w) window of the full feature grid starting at `offset`."""
+        side = math.ceil(self.config.image_size / self.feature_stride)
+        rows = torch.arange(offset[0], offset[0] + h, device=device).clamp_max(side - 1)
+        cols = torch.arange(offset[1], offset[1] + w, device=device).clamp_max(side - 1)
+        return (rows[:, None] * side + cols[None, :]).flatten()
+
+    def score_features_at(self, feats: torch.Tensor, offset: tuple[int, int]) -> torch.Tensor:
+        b, _, h, w = feats.shape
+        index = self.window_index(offset, h, w, feats.device)
+        return self._mahalanobis(feats.flatten(2), index).permute(1, 0).reshape(b, h, w)
+
+    def _mahalanobis(self, flat_feats: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """(B,d,L) features at grid cells `index` (L,) -> (L,B) squared Mahalanobis distances."""
+        delta = flat_feats.permute(2, 0, 1) - self.mean[index][:, None, :]
+        return (torch.bmm(delta, self.inv_cov[index]) * delta).sum(-1)
+
+    def refine_scorer(self, feats0: torch.Tensor, offset: tuple[int, int], cells: torch.Tensor):
+        # Each location has its own Gaussian: gather the statistics of the scored cells once.
+        _, _, h, w = feats0.shape
+        flat_cells = cells.flatten().nonzero()[:, 0]
+        index = self.window_index(offset, h, w, feats0.device)[flat_cells]
+        mean, inv_cov = self.mean[index], self.inv_cov[index]
+
+        def scorer(feats: torch.Tensor) -> torch.Tensor:
+            delta = feats.flatten(2)[0][:, flat_cells].T - mean  # (L,d)
+            return (torch.bmm(delta[:, None], inv_cov)[:, 0] * delta).sum(-1)
+
+        return scorer

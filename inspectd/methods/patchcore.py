@@ -111,6 +111,21 @@ class PatchCore(AnomalyMethod):
         # sqrt with a floor: distance 0 has an infinite derivative.
         return (d[..., 0] + 1e-12).sqrt()
 
+    def refine_scorer(self, feats0: torch.Tensor, offset: tuple[int, int], cells: torch.Tensor, k: int = 10):
+        """F2PAD eq. (5): the nearest-neighbour search runs once, on the initial estimate; the
+        loss then takes the distance to the nearest of those k candidates per scored cell."""
+        flat_cells = cells.flatten().nonzero()[:, 0]
+        query = feats0.flatten(2)[0][:, flat_cells].T.contiguous()  # (L,C)
+        _, idx = chunked_nearest(query, self.memory_bank, self.config.score_chunk, k)
+        candidates = self.memory_bank[idx]  # (L,k,C)
+
+        def scorer(feats: torch.Tensor) -> torch.Tensor:
+            f = feats.flatten(2)[0][:, flat_cells].T[:, None, :]
+            d2 = ((f - candidates) ** 2).sum(-1).min(-1).values
+            return (d2 + 1e-12).sqrt()
+
+        return scorer
+
     def _fit(self, batches, n_images: int) -> None:
         feats = torch.cat([self.features(x).permute(0, 2, 3, 1).reshape(-1, self._channels()) for x in batches])
         gen = torch.Generator().manual_seed(self.config.seed)

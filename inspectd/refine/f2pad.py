@@ -1,0 +1,262 @@
+"""F2PAD as one pure function: (image, fitted method, coarse map, prior, settings) -> result.
+
+    X = X_N + A,  min over X_N of  L(X_N)/thr + lam1 LOG(A) + lam2 MOG(X_N) + lam3 TV(X_N)
+
+Only the pixels of the region of interest (the dilated coarse mask) are variables; the
+backbone sees only the crop around them plus a context margin, and the loss only counts the
+feature locations near that region, which is what makes one image take seconds, not minutes.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from timm.optim import Adan
+
+from inspectd.errors import BadImageError, InspectdError
+from inspectd.refine import terms
+from inspectd.refine.prior import PixelPrior
+from inspectd.refine.settings import F2PADSettings
+from inspectd.refine.sharing import share, sharing_weights
+
+CROP_ALIGN = 32  # crop corners on multiples of the largest backbone stride keep feature grids aligned
+
+
+@dataclass
+class RefineResult:
+    mask: np.ndarray  # (H,W) bool: the pixel-accurate defect mask
+    normal: np.ndarray  # (H,W,3) X_N, the recovered defect-free image
+    anomaly: np.ndarray  # (H,W,3) A = X - X_N
+    coarse_mask: np.ndarray  # (H,W) bool: the thresholded coarse map F2PAD started from
+    init_mask: np.ndarray  # (H,W) bool: ||X - X_N^0|| > tau, the initialisation alone
+    stats: dict = field(default_factory=dict)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InspectdError("F2PAD: device cuda requested but no usable CUDA GPU was found")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def as_rgb(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.ndim != 3 or image.shape[2] not in (1, 3):
+        raise BadImageError(f"F2PAD: expected an (H,W), (H,W,1) or (H,W,3) image, got shape {image.shape}")
+    if not np.isfinite(image).all():
+        raise BadImageError("F2PAD: image contains NaN or infinite values")
+    return np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image
+
+
+def disk(radius: int) -> np.ndarray:
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+
+
+def dilate(mask: np.ndarray, radius: int) -> np.ndarray:
+    return cv2.dilate(mask.astype(np.uint8), disk(radius)) > 0 if radius > 0 else mask.copy()
+
+
+def inpaint(image: np.ndarray, mask: np.ndarray, how: str, references: np.ndarray | None) -> np.ndarray:
+    """Initial X_N^0: fill the masked pixels from their surroundings or from a normal image."""
+    if how == "nearest":
+        if references is None or len(references) == 0:
+            raise InspectdError("F2PAD: inpaint=nearest needs normal reference images")
+        keep = ~mask
+        errors = [((ref[keep] - image[keep]) ** 2).mean() for ref in references]
+        out = image.copy()
+        out[mask] = references[int(np.argmin(errors))][mask]
+        return out
+    flag = cv2.INPAINT_TELEA if how == "telea" else cv2.INPAINT_NS
+    img8 = (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
+    filled = cv2.inpaint(img8, mask.astype(np.uint8), 5, flag).astype(np.float32) / 255.0
+    out = image.copy()
+    out[mask] = filled[mask]
+    return out
+
+
+def crop_box(roi: np.ndarray, margin: int, shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(y0, y1, x0, x1) around the ROI plus margin, corners aligned to CROP_ALIGN."""
+    ys, xs = np.nonzero(roi)
+    h, w = shape
+    y0 = max(0, (ys.min() - margin) // CROP_ALIGN * CROP_ALIGN)
+    x0 = max(0, (xs.min() - margin) // CROP_ALIGN * CROP_ALIGN)
+    y1 = min(h, math.ceil((ys.max() + 1 + margin) / CROP_ALIGN) * CROP_ALIGN)
+    x1 = min(w, math.ceil((xs.max() + 1 + margin) / CROP_ALIGN) * CROP_ALIGN)
+    return int(y0), int(y1), int(x0), int(x1)
+
+
+class Problem:
+    """The objective on one crop, with the ROI pixels as the only variables."""
+
+    def __init__(self, method, crop: torch.Tensor, roi: torch.Tensor, init: torch.Tensor, offset_cells,
+                 loss_cells: torch.Tensor, threshold: float, prior: PixelPrior | None, s: F2PADSettings,
+                 lam1: float):
+        self.method, self.crop, self.roi, self.s, self.lam1 = method, crop, roi, s, lam1
+        self.flat_index = roi.flatten().nonzero()[:, 0]
+        self.observed = crop.flatten(1)[:, self.flat_index].T  # (P,3) pixels of X in the ROI
+        self.start = init.flatten(1)[:, self.flat_index].T.clone()
+        self.loss_cells = loss_cells
+        self.threshold = threshold
+        self.prior = prior.tensors(crop.device) if (prior is not None and s.lam2 > 0) else None
+        with torch.no_grad():
+            feats0 = method.features(self.assemble(self.start)[None])
+        self.scorer = method.refine_scorer(feats0, offset_cells, loss_cells > 0)
+
+    def assemble(self, z: torch.Tensor) -> torch.Tensor:
+        """Crop image with the ROI pixels replaced by the variables z (P,3)."""
+        return self.crop.flatten(1).index_copy(1, self.flat_index, z.T).view_as(self.crop)
+
+    def loss(self, z: torch.Tensor, lam1: float | None = None) -> tuple[torch.Tensor, dict]:
+        lam1 = self.lam1 if lam1 is None else lam1
+        xn = self.assemble(z)
+        feature = self.scorer(self.method.features(xn[None])).sum() / self.threshold
+        total = feature
+        parts = {"feature": float(feature.detach())}
+        if lam1 > 0:
+            sparsity = terms.log_sparsity(self.observed - z, self.s.eps)
+            total = total + lam1 * sparsity
+            parts["sparsity"] = float(sparsity)
+        if self.prior is not None:
+            prior = terms.mog_energy(z, *self.prior)
+            total = total + self.s.lam2 * prior
+            parts["prior"] = float(prior)
+        if self.s.lam3 > 0:
+            tv = terms.total_variation(xn)
+            total = total + self.s.lam3 * tv
+            parts["tv"] = float(tv)
+        return total, parts
+
+
+def solve(problem: Problem, z0: torch.Tensor, s: F2PADSettings, lam1: float, max_iters: int,
+          weights: torch.Tensor | None) -> tuple[torch.Tensor, dict]:
+    """Adan with local gradient sharing, a per-pixel adaptive step and per-pixel step clipping."""
+    z = z0.clone().requires_grad_(True)
+    opt = Adan([z], lr=s.lr)
+    history: list[float] = []
+    parts: dict = {}
+    shape = problem.crop.shape
+    for it in range(max_iters):
+        opt.zero_grad()
+        loss, parts = problem.loss(z, lam1)
+        loss.backward()
+        history.append(float(loss))
+        if weights is not None:
+            grad_img = torch.zeros(shape, device=z.device).flatten(1)
+            grad_img[:, problem.flat_index] = z.grad.T
+            shared = share(grad_img.view(shape), weights).flatten(1)
+            z.grad = shared[:, problem.flat_index].T.contiguous()
+        before = z.detach().clone()
+        opt.step()
+        with torch.no_grad():
+            step = z - before
+            # eq. (15): larger steps where A_ij is near 0, where the gradient is small
+            a_norm = (problem.observed - before).norm(dim=1, keepdim=True)
+            step *= 1 + (s.adaptive_gain - 1) * torch.exp(-a_norm / s.eps)
+            norm = step.norm(dim=1, keepdim=True).clamp_min(1e-12)
+            step *= torch.clamp(s.clip / norm, max=1.0)
+            # projection keeps every pixel a valid colour
+            z.copy_((before + step).clamp_(0.0, 1.0))
+        if converged(history, s, it):
+            break
+    return z.detach(), {"iterations": len(history), "loss_first": history[0], "loss_last": history[-1],
+                        "terms": parts}
+
+
+def converged(history: list[float], s: F2PADSettings, it: int) -> bool:
+    if it + 1 < max(s.min_iters, s.window + 1):
+        return False
+    old, new = history[-1 - s.window], history[-1]
+    return (old - new) < s.rel_tol * s.window * max(abs(new), 1e-6)
+
+
+def refine(image: np.ndarray, method, coarse_map: np.ndarray, prior: PixelPrior | None = None,
+           settings: F2PADSettings | None = None, references: np.ndarray | None = None) -> RefineResult:
+    """Refine one image. `coarse_map` is the method's anomaly map at image resolution."""
+    s = settings or F2PADSettings()
+    started = time.perf_counter()
+    image = as_rgb(image)
+    coarse_map = np.asarray(coarse_map, dtype=np.float32)
+    if coarse_map.shape != image.shape[:2]:
+        raise BadImageError(f"F2PAD: coarse map {coarse_map.shape} does not match image {image.shape[:2]}")
+    if not method.differentiable:
+        raise InspectdError(f"F2PAD: method {method.name} has no differentiable score map")
+    threshold = s.threshold if s.threshold is not None else method.thresholds.get("pixel")
+    if threshold is None or not np.isfinite(threshold) or threshold <= 0:
+        raise InspectdError("F2PAD: no coarse-map threshold (settings.threshold or the bundle's pixel threshold)")
+
+    coarse = coarse_map > threshold
+    stats = {"threshold": float(threshold), "settings": s.to_dict(), "coarse_area": int(coarse.sum())}
+    h, w = coarse.shape
+    if not coarse.any():
+        return finished(image, image, coarse, coarse, coarse, s, stats, started, "empty coarse mask")
+    roi = dilate(coarse, s.dilate_px)
+    if roi.mean() > s.max_roi_fraction:
+        return finished(image, image, coarse, coarse, coarse, s, stats, started,
+                        f"coarse mask covers {roi.mean():.0%} of the image (> max_roi_fraction): returned as is")
+
+    init = inpaint(image, roi, s.inpaint, references)
+    init_mask = np.linalg.norm(image - init, axis=2) > s.tau
+    device = resolve_device(s.device)
+    method.to(device)
+    y0, y1, x0, x1 = crop_box(roi, s.context_px, (h, w))
+    stride = method.feature_stride
+    to_t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
+    crop = to_t(image[y0:y1, x0:x1]).permute(2, 0, 1).contiguous()
+    init_crop = to_t(init[y0:y1, x0:x1]).permute(2, 0, 1).contiguous()
+    roi_crop = to_t(roi[y0:y1, x0:x1])
+    cells = loss_cells(roi[y0:y1, x0:x1], s.loss_margin_px, stride, crop.shape[-2:], device)
+    lam1 = s.lam * s.ref_area / max(int(coarse.sum()), 1)  # the paper's size-scaled sparsity weight
+    problem = Problem(method, crop, roi_crop, init_crop, (y0 // stride, x0 // stride), cells, float(threshold),
+                      prior, s, lam1)
+    weights = (sharing_weights(crop, roi_crop, s.neighbourhood, s.sigma_spatial, s.sigma_colour)
+               if s.share_gradients and s.neighbourhood > 1 else None)
+    z, solve_stats = solve(problem, problem.start, s, lam1, s.max_iters, weights)
+    a_norm = (problem.observed - z).norm(dim=1)
+    in_mask = a_norm > s.tau
+    stats.update(solve_stats, lam1=lam1, crop=[y0, y1, x0, x1], roi_area=int(roi.sum()))
+    if s.reestimate and bool(in_mask.any()):
+        z = reestimate(problem, z, in_mask, s, weights, stats)
+    normal = image.copy()
+    normal[y0:y1, x0:x1] = problem.assemble(z).permute(1, 2, 0).cpu().numpy()
+    mask = np.zeros((h, w), bool)
+    mask[y0:y1, x0:x1] = (roi_crop.flatten().clone().index_put_((problem.flat_index,), in_mask)
+                          .view(roi_crop.shape).cpu().numpy())
+    return finished(image, normal, coarse, init_mask, mask, s, stats, started, "refined")
+
+
+def reestimate(problem: Problem, z: torch.Tensor, in_mask: torch.Tensor, s: F2PADSettings, weights, stats) -> torch.Tensor:
+    """Section III-E3: with the mask known, pixels outside it are X exactly and the pixels
+    inside are solved again without the sparsity term, giving a clean X_N."""
+    z_fixed = torch.where(in_mask[:, None], z, problem.observed)
+    sub = Problem.__new__(Problem)
+    sub.__dict__.update(problem.__dict__)
+    keep = in_mask.nonzero()[:, 0]
+    sub.crop = problem.assemble(z_fixed)
+    sub.flat_index = problem.flat_index[keep]
+    sub.observed = problem.observed[keep]
+    z_in, re_stats = solve(sub, z_fixed[keep], s, 0.0, s.reestimate_iters, weights)
+    stats["reestimate_iterations"] = re_stats["iterations"]
+    return z_fixed.index_copy(0, keep, z_in)
+
+
+def loss_cells(roi: np.ndarray, margin: int, stride: int, crop_hw, device) -> torch.Tensor:
+    """Feature cells (h/stride, w/stride) lying within `margin` pixels of the ROI."""
+    near = torch.from_numpy(dilate(roi, margin).astype(np.float32)).to(device)[None, None]
+    hf, wf = math.ceil(crop_hw[0] / stride), math.ceil(crop_hw[1] / stride)
+    return F.adaptive_max_pool2d(near, (hf, wf))[0, 0]
+
+
+def finished(image, normal, coarse, init_mask, mask, s, stats, started, status) -> RefineResult:
+    stats.update(status=status, seconds=time.perf_counter() - started, mask_area=int(mask.sum()))
+    stats.setdefault("iterations", 0)
+    return RefineResult(mask=mask, normal=normal, anomaly=image - normal, coarse_mask=coarse,
+                        init_mask=init_mask, stats=stats)

@@ -1,0 +1,34 @@
+"""The regularisers of the F2PAD objective, each a differentiable torch function.
+
+Images here are (3, H, W) tensors; pixel sets are (P, 3).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def log_sparsity(anomaly: torch.Tensor, eps: float) -> torch.Tensor:
+    """Eq. (8): sum over pixels of log(1 + ||A_ij||_2 / eps), grouped over the colour channels.
+
+    A small floor inside the norm keeps the gradient finite at A_ij = 0.
+    """
+    norms = torch.sqrt((anomaly * anomaly).sum(-1) + 1e-12)
+    return torch.log1p(norms / eps).sum()
+
+
+def mog_energy(pixels: torch.Tensor, means: torch.Tensor, precisions: torch.Tensor) -> torch.Tensor:
+    """Eq. (10): sum over pixels of the smallest Mahalanobis distance to a mixture component.
+
+    pixels (P,3), means (K,3), precisions (K,3,3). Equal component weights, as the paper uses.
+    """
+    delta = pixels[:, None, :] - means[None]  # (P, K, 3)
+    maha = torch.einsum("pki,kij,pkj->pk", delta, precisions, delta)
+    return maha.min(dim=1).values.sum()
+
+
+def total_variation(image: torch.Tensor, delta: float = 1e-6) -> torch.Tensor:
+    """Eq. (11): vectorial (colour-coupled) isotropic total variation of a (3,H,W) image."""
+    dx = image[:, :-1, 1:] - image[:, :-1, :-1]
+    dy = image[:, 1:, :-1] - image[:, :-1, :-1]
+    return torch.sqrt((dx * dx + dy * dy).sum(0) + delta).sum()
