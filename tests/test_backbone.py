@@ -1,0 +1,78 @@
+import numpy as np
+import pytest
+import skimage.data
+import timm
+import torch
+
+from inspectd.data.images import resize_image, to_tensor
+from inspectd.errors import ConfigError
+from inspectd.features import BackboneConfig, FeatureExtractor, create_classifier
+
+
+def test_packaged_lite0_weights_are_real_imagenet_weights():
+    model = create_classifier(BackboneConfig())
+    cat = resize_image(skimage.data.chelsea().astype(np.float32) / 255.0, 224)
+    with torch.no_grad():
+        logits = model((to_tensor(cat) - 0.5) / 0.5)
+    assert int(logits.argmax()) in range(281, 286)  # ImageNet cat classes
+
+
+def test_selected_layers_shapes_and_strides():
+    fe = FeatureExtractor(BackboneConfig(layers=[1, 3]))
+    maps = fe(torch.rand(1, 3, 64, 64))
+    assert [m.shape[1] for m in maps] == fe.channels == [24, 112]
+    assert fe.strides == [4, 16] and maps[0].shape[-1] == 16
+
+
+def test_gradient_reaches_the_input():
+    fe = FeatureExtractor(BackboneConfig(layers=[2]))
+    x = torch.rand(1, 3, 32, 32, requires_grad=True)
+    fe(x)[0].sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_unknown_backbone_and_layer_are_clear_errors():
+    with pytest.raises(ConfigError, match="unknown backbone 'no_such_net'"):
+        FeatureExtractor(BackboneConfig(name="no_such_net"))
+    with pytest.raises(ConfigError, match=r"unknown layer\(s\) \[9\].*available"):
+        FeatureExtractor(BackboneConfig(layers=[9]))
+
+
+def test_local_weight_files_pth_and_safetensors(tmp_path):
+    from safetensors.torch import save_file
+
+    reference = create_classifier(BackboneConfig())
+    state = reference.state_dict()
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "w.safetensors"))
+    torch.save(state, tmp_path / "w.pth")
+    x = torch.rand(1, 3, 64, 64)
+    want = FeatureExtractor(BackboneConfig(layers=[2]))(x)[0]
+    for name in ("w.safetensors", "w.pth"):
+        got = FeatureExtractor(BackboneConfig(layers=[2], weights=str(tmp_path / name)))(x)[0]
+        assert torch.allclose(got, want)
+
+
+def test_missing_or_wrong_weight_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        FeatureExtractor(BackboneConfig(weights=str(tmp_path / "absent.pth")))
+    torch.save({"a": torch.zeros(3)}, tmp_path / "bad.pth")
+    with pytest.raises(ConfigError, match="tensors"):
+        FeatureExtractor(BackboneConfig(weights=str(tmp_path / "bad.pth")))
+
+
+def test_offline_hub_weights_give_one_clear_error(monkeypatch):
+    real = timm.create_model
+
+    def offline(name, pretrained=False, **kw):
+        if pretrained:
+            raise OSError("network unreachable")
+        return real(name, pretrained=False, **kw)
+
+    monkeypatch.setattr(timm, "create_model", offline)
+    with pytest.raises(ConfigError, match="could not be fetched.*offline"):
+        FeatureExtractor(BackboneConfig(name="resnet18", layers=[1], weights="imagenet"))
+
+
+def test_no_packaged_weights_for_other_backbones():
+    with pytest.raises(ConfigError, match="no package ships"):
+        FeatureExtractor(BackboneConfig(name="resnet18", layers=[1], weights="package"))
