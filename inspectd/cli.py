@@ -1,0 +1,121 @@
+"""The `inspectd` command: thin argument parsing over the library; every error is one line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from inspectd.errors import InspectdError
+
+
+def parse_settings(pairs: list[str]) -> dict:
+    """`--set key=value` pairs -> nested dict; values parsed as JSON when they look like it."""
+    out: dict = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise InspectdError(f"--set {pair!r}: expected key=value")
+        key, raw = pair.split("=", 1)
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        node = out
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out
+
+
+def cmd_fit(args) -> None:
+    from inspectd.eval.calibrate import fit_and_calibrate
+
+    summary = fit_and_calibrate(args.method, args.data, args.out, parse_settings(args.set),
+                                holdout=args.holdout, seed=args.seed)
+    print(json.dumps(summary, indent=2))
+
+
+def cmd_eval(args) -> None:
+    from inspectd.eval.runner import evaluate_bundle
+
+    evaluate_bundle(args.model, args.data, out=args.out, threshold=args.threshold)
+
+
+def cmd_synth(args) -> None:
+    from inspectd.data.synth import SynthConfig, write_synthetic_set
+
+    summary = write_synthetic_set(args.normal, args.masks, args.out, n=args.n, seed=args.seed, size=args.size,
+                                  config=SynthConfig(size=args.size, structural_prob=args.structural),
+                                  overwrite=args.overwrite)
+    print(json.dumps(summary, indent=2, default=str))
+
+
+def cmd_bench(args) -> None:
+    from inspectd.eval import bench
+
+    bench.main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="inspectd", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("fit", help="fit a method on train/good of an MVTec-layout folder and save a bundle")
+    p.add_argument("--method", required=True)
+    p.add_argument("--data", required=True, help="MVTec-layout folder (uses train/good)")
+    p.add_argument("--out", required=True, help="bundle directory, e.g. models/bottle-padim")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="method setting, e.g. coreset_ratio=0.05")
+    p.add_argument("--holdout", type=float, default=0.1,
+                   help="fraction of train/good kept out of fitting to calibrate thresholds on synthetic defects")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("eval", help="image/pixel AUROC, AUPRO, IOU, DICE of a bundle on test/ of a folder")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", help="JSON result file (default runs/eval-<model>-<data>.json)")
+    p.add_argument("--threshold", choices=["f1", "bundle"], default="f1",
+                   help="mask threshold for IOU/DICE: F1-optimal on this data, or the bundle's calibrated one")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("synth", help="write an MVTec-layout set of cut-paste defects (F2PAD eq. 16)")
+    p.add_argument("--normal", required=True, help="folder of normal images (or an MVTec root: train/good)")
+    p.add_argument("--masks", help="folder of real defect masks to reuse as shapes (default: random blobs)")
+    p.add_argument("--out", required=True)
+    p.add_argument("-n", type=int, default=54)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--structural", type=float, default=0.0, help="share of structural (copied-region) defects")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_synth)
+
+    from inspectd.eval.bench import add_bench_parser
+
+    add_bench_parser(sub, cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    started = time.time()
+    try:
+        args.func(args)
+    except InspectdError as exc:
+        print(f"inspectd {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"inspectd {args.command}: interrupted after {time.time() - started:.0f} s", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
