@@ -9,10 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import skimage.data
 import torch
 
-from inspectd.data.images import resize_image
+from inspectd.data.textures import texture_parts
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mvtec_bottle"
 SIZE = 96
@@ -27,17 +26,8 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-def texture_crops(name: str = "brick", n: int = 12, size: int = SIZE, seed: int = 0, tint=(1.0, 0.9, 0.8)) -> np.ndarray:
-    """`n` random crops of a scikit-image texture, tinted to RGB, as float images in [0, 1]."""
-    grey = getattr(skimage.data, name)().astype(np.float32) / 255.0
-    rng = np.random.default_rng(seed)
-    crop = 2 * size
-    out = []
-    for _ in range(n):
-        y, x = rng.integers(0, grey.shape[0] - crop, size=2)
-        patch = resize_image(grey[y : y + crop, x : x + crop, None].repeat(3, 2), size)
-        out.append(np.clip(patch * np.array(tint, np.float32), 0, 1))
-    return np.stack(out).astype(np.float32)
+def texture_crops(name: str = "brick", n: int = 12, size: int = SIZE, seed: int = 0) -> np.ndarray:
+    return texture_parts(name, n, size, seed)
 
 
 def paste_square(image: np.ndarray, top: int, left: int, side: int, colour=(1.0, 0.1, 0.6)):

@@ -124,15 +124,15 @@ class Problem:
         if lam1 > 0:
             sparsity = terms.log_sparsity(self.observed - z, self.s.eps)
             total = total + lam1 * sparsity
-            parts["sparsity"] = float(sparsity)
+            parts["sparsity"] = float(sparsity.detach())
         if self.prior is not None:
             prior = terms.mog_energy(z, *self.prior)
             total = total + self.s.lam2 * prior
-            parts["prior"] = float(prior)
+            parts["prior"] = float(prior.detach())
         if self.s.lam3 > 0:
             tv = terms.total_variation(xn)
             total = total + self.s.lam3 * tv
-            parts["tv"] = float(tv)
+            parts["tv"] = float(tv.detach())
         return total, parts
 
 
@@ -148,7 +148,7 @@ def solve(problem: Problem, z0: torch.Tensor, s: F2PADSettings, lam1: float, max
         opt.zero_grad()
         loss, parts = problem.loss(z, lam1)
         loss.backward()
-        history.append(float(loss))
+        history.append(float(loss.detach()))
         if weights is not None:
             grad_img = torch.zeros(shape, device=z.device).flatten(1)
             grad_img[:, problem.flat_index] = z.grad.T

@@ -1,0 +1,209 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import paste_square
+from inspectd.errors import BadImageError, ConfigError, InspectdError
+from inspectd.refine import F2PADSettings, PixelPrior, refine
+from inspectd.refine import terms
+from inspectd.refine.sharing import share, sharing_weights
+
+
+def iou(a, b):
+    return (a & b).sum() / max((a | b).sum(), 1)
+
+
+# --- objective terms -------------------------------------------------------------------------
+def test_log_sparsity_values():
+    a = torch.tensor([[3.0, 4.0, 0.0], [0.0, 0.0, 0.0]])  # norms 5 and 0
+    assert math.isclose(float(terms.log_sparsity(a, eps=5.0)), math.log(2.0), rel_tol=1e-5)
+
+
+def test_total_variation_values():
+    img = torch.zeros(3, 2, 2)
+    img[0, 0, 1] = 3.0  # a step of 3 in x on channel 0 only ...
+    img[1, 1, 0] = 4.0  # ... and of 4 in y on channel 1: one cell, vectorial norm 5
+    assert math.isclose(float(terms.total_variation(img, delta=0.0)), 5.0, rel_tol=1e-6)
+
+
+def test_mog_energy_is_the_nearest_component_mahalanobis():
+    means = torch.tensor([[0.0, 0, 0], [1.0, 1, 1]])
+    precisions = torch.stack([torch.eye(3), 4 * torch.eye(3)])
+    px = torch.tensor([[0.1, 0.0, 0.0], [0.9, 1.0, 1.0]])
+    # 0.01 (first component) + 4 * 0.01 (second component)
+    assert math.isclose(float(terms.mog_energy(px, means, precisions)), 0.05, rel_tol=1e-5)
+
+
+@pytest.mark.parametrize("term", ["log", "tv", "mog"])
+def test_terms_match_finite_differences(term):
+    gen = torch.Generator().manual_seed(0)
+    if term == "log":
+        x = torch.rand(6, 3, generator=gen, dtype=torch.float64) + 0.1
+        fn = lambda v: terms.log_sparsity(v, 0.05)  # noqa: E731
+    elif term == "tv":
+        x = torch.rand(3, 5, 4, generator=gen, dtype=torch.float64)
+        fn = terms.total_variation
+    else:
+        x = torch.rand(7, 3, generator=gen, dtype=torch.float64)
+        means = torch.rand(3, 3, generator=gen, dtype=torch.float64)
+        precisions = torch.eye(3, dtype=torch.float64).expand(3, 3, 3) * torch.tensor([1.0, 2.0, 5.0], dtype=torch.float64)[:, None, None]
+        fn = lambda v: terms.mog_energy(v, means, precisions)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x.requires_grad_(True),), eps=1e-6, atol=1e-5)
+
+
+def test_feature_loss_gradient_matches_finite_differences(fitted, normals):
+    """The method loss L(X_N) that F2PAD differentiates, checked on a few pixels."""
+    method = fitted["padim"]
+    x = torch.from_numpy(normals[3]).permute(2, 0, 1)[None].double()
+    method.double()
+    try:
+        cells = torch.ones(24, 24, dtype=torch.bool)
+        with torch.no_grad():
+            scorer = method.refine_scorer(method.features(x), (0, 0), cells)
+        f = lambda img: scorer(method.features(img)).sum()  # noqa: E731
+        x.requires_grad_(True)
+        f(x).backward()
+        for (c, i, j) in [(0, 40, 40), (1, 10, 70), (2, 60, 20)]:
+            h = 1e-6
+            xp, xm = x.detach().clone(), x.detach().clone()
+            xp[0, c, i, j] += h
+            xm[0, c, i, j] -= h
+            numeric = (f(xp) - f(xm)) / (2 * h)
+            assert math.isclose(float(numeric), float(x.grad[0, c, i, j]), rel_tol=5e-3, abs_tol=1e-6)
+    finally:
+        method.float()
+
+
+# --- gradient sharing ------------------------------------------------------------------------
+def test_sharing_weights_sum_to_one_and_respect_the_region():
+    gen = torch.Generator().manual_seed(0)
+    img = torch.rand(3, 9, 9, generator=gen)
+    active = torch.zeros(9, 9, dtype=torch.bool)
+    active[2:7, 2:7] = True
+    w = sharing_weights(img, active, 5, 3.0, 0.05)
+    assert w.shape == (25, 9, 9)
+    assert torch.allclose(w.sum(0), torch.ones(9, 9), atol=1e-5)
+    # a pixel on the region's corner only takes weight from active neighbours
+    unfolded_active = torch.nn.functional.unfold(active[None, None].float(), 5, padding=2).view(25, 9, 9)
+    assert float((w * (1 - unfolded_active))[:, 2, 2].abs().max()) == 0.0
+
+
+def test_sharing_a_constant_gradient_keeps_it_and_colour_edges_block_it():
+    img = torch.zeros(3, 8, 8)
+    img[:, :, 4:] = 1.0  # two flat colours side by side
+    active = torch.ones(8, 8, dtype=torch.bool)
+    w = sharing_weights(img, active, 5, 3.0, 0.01)
+    grad = torch.ones(3, 8, 8)
+    assert torch.allclose(share(grad, w), grad, atol=1e-5)
+    left_only = torch.zeros(3, 8, 8)
+    left_only[:, :, :4] = 1.0
+    shared = share(left_only, w)
+    assert float(shared[:, :, 4:].abs().max()) < 1e-6  # nothing leaks across the colour edge
+
+
+# --- pixel prior -----------------------------------------------------------------------------
+def test_prior_fits_the_colours_and_round_trips(normals):
+    prior = PixelPrior.fit(normals, n_components=4, n_pixels=3000)
+    normal_px = normals[0].reshape(-1, 3)[:500]
+    odd_px = np.tile(np.array([[1.0, 0.1, 0.6]], np.float32), (10, 1))
+    assert prior.energy(odd_px).min() > 10 * np.median(prior.energy(normal_px))
+    back = PixelPrior.from_bytes(prior.to_bytes())
+    assert np.array_equal(back.means, prior.means) and np.array_equal(back.precisions, prior.precisions)
+
+
+# --- the whole refinement ----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def prior(normals):
+    return PixelPrior.fit(normals, n_components=4, n_pixels=5000)
+
+
+@pytest.fixture(scope="module")
+def defect_case(fitted, normals):
+    from conftest import texture_crops
+
+    base = texture_crops(n=1, seed=7)[0]
+    # a thin scratch: features blur it into a much wider coarse blob
+    image, truth = paste_square(base, 40, 30, 4)
+    for dx in range(1, 8):
+        image, more = paste_square(image, 40, 30 + 4 * dx, 4)
+        truth |= more
+    maps, _ = fitted["padim"].predict(image[None])
+    return image, truth, maps[0]
+
+
+def coarse_threshold(amap, truth):
+    from sklearn.metrics import precision_recall_curve
+
+    p, r, t = precision_recall_curve(truth.ravel(), amap.ravel())
+    f1 = 2 * p * r / np.maximum(p + r, 1e-12)
+    return float(t[np.argmax(f1[:-1])])
+
+
+def test_f2pad_beats_the_coarse_mask_on_a_pasted_defect(fitted, defect_case, prior):
+    image, truth, amap = defect_case
+    thr = coarse_threshold(amap, truth)
+    out = refine(image, fitted["padim"], amap, prior, F2PADSettings(threshold=thr))
+    coarse_iou = iou(amap > thr, truth)
+    assert out.stats["status"] == "refined" and out.stats["iterations"] > 0
+    assert iou(out.mask, truth) > coarse_iou + 0.15, (iou(out.mask, truth), coarse_iou)
+    assert iou(out.mask, truth) > 0.8
+    # X = X_N + A holds exactly, and X_N equals X outside the optimised region
+    assert np.allclose(out.normal + out.anomaly, image, atol=1e-6)
+    assert np.array_equal(out.normal[~out.coarse_mask & (out.mask == 0)][:10], image[~out.coarse_mask & (out.mask == 0)][:10])
+
+
+def test_reestimation_gives_a_cleaner_normal_image(fitted, defect_case, prior):
+    image, truth, amap = defect_case
+    thr = coarse_threshold(amap, truth)
+    s = F2PADSettings(threshold=thr, reestimate=True, reestimate_iters=20)
+    out = refine(image, fitted["padim"], amap, prior, s)
+    assert out.stats["reestimate_iterations"] > 0
+    assert np.abs(out.anomaly[~out.mask]).max() == 0.0  # outside the mask X_N is X exactly
+
+
+def test_empty_coarse_mask_returns_an_empty_mask(fitted, normals, prior):
+    amap = np.zeros(normals[0].shape[:2], np.float32)
+    out = refine(normals[0], fitted["padim"], amap, prior, F2PADSettings(threshold=1.0))
+    assert not out.mask.any() and out.stats["status"] == "empty coarse mask"
+
+
+def test_coarse_mask_covering_the_image_is_returned_as_is(fitted, normals, prior):
+    amap = np.full(normals[0].shape[:2], 5.0, np.float32)
+    out = refine(normals[0], fitted["padim"], amap, prior, F2PADSettings(threshold=1.0))
+    assert out.mask.all() and "max_roi_fraction" in out.stats["status"]
+
+
+def test_roi_touching_the_border_and_grey_input(fitted, normals, prior):
+    base = normals[4].mean(axis=2)  # grey (H, W)
+    image = base.copy()
+    truth = np.zeros_like(base, bool)
+    truth[:10, -12:] = True
+    image[truth] = 1.0
+    amap = np.zeros_like(base)
+    amap[:16, -18:] = 10.0
+    out = refine(image, fitted["padim"], amap, prior, F2PADSettings(threshold=1.0, max_iters=30))
+    assert out.mask.shape == base.shape and out.normal.shape == base.shape + (3,)
+    assert out.mask[truth].mean() > 0.5
+
+
+def test_bad_inputs_are_clear_errors(fitted, normals, prior):
+    image = normals[0].copy()
+    amap = np.zeros(image.shape[:2], np.float32)
+    image[3, 3, 1] = np.nan
+    with pytest.raises(BadImageError, match="NaN"):
+        refine(image, fitted["padim"], amap, prior, F2PADSettings(threshold=1.0))
+    with pytest.raises(BadImageError, match="does not match"):
+        refine(normals[0], fitted["padim"], amap[:10], prior, F2PADSettings(threshold=1.0))
+    method = fitted["padim"]
+    saved, method.thresholds = method.thresholds, {}
+    try:
+        with pytest.raises(InspectdError, match="no coarse-map threshold"):
+            refine(normals[0], method, amap, prior, F2PADSettings())
+    finally:
+        method.thresholds = saved
+    with pytest.raises(ConfigError, match="neighbourhood"):
+        F2PADSettings.from_dict({"neighbourhood": 4})
+    with pytest.raises(ConfigError, match="unknown setting"):
+        F2PADSettings.from_dict({"lambda": 1})
