@@ -135,11 +135,15 @@ class DefectSynthesizer:
     def _colour_source(self, normal: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """A solid random colour; redrawn while it is too close to the pixels it covers."""
         under = normal[mask]
+        best, best_margin = None, -1.0
         for _ in range(30):
             colour = self.rng.random(3).astype(np.float32)
-            if np.quantile(np.linalg.norm(under - colour, axis=1), 0.05) >= self.config.min_contrast:
+            margin = float(np.quantile(np.linalg.norm(under - colour, axis=1), 0.05))
+            if margin > best_margin:
+                best, best_margin = colour, margin
+            if margin >= self.config.min_contrast:
                 break
-        return np.broadcast_to(colour, normal.shape).copy()
+        return np.broadcast_to(best, normal.shape).copy()
 
     def _structural_source(self, mask: np.ndarray, others: list[np.ndarray]) -> np.ndarray:
         other = others[self.rng.integers(len(others))]
