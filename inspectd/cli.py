@@ -60,6 +60,12 @@ def cmd_bench(args) -> None:
     bench.main(args)
 
 
+def cmd_demo(args) -> None:
+    from inspectd.demo import run_demo
+
+    run_demo(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="inspectd", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -94,9 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_synth)
 
+    from inspectd.demo import add_demo_parser
     from inspectd.eval.bench import add_bench_parser
 
     add_bench_parser(sub, cmd_bench)
+    add_demo_parser(sub, cmd_demo)
     return parser
 
 
