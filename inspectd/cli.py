@@ -31,10 +31,32 @@ def parse_settings(pairs: list[str]) -> dict:
     return out
 
 
+def load_settings(path: str | None, pairs: list[str] | None) -> dict:
+    """Settings from a YAML file, then `--set key=value` pairs on top."""
+    settings: dict = {}
+    if path:
+        import yaml
+
+        try:
+            settings = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise InspectdError(f"{path}: cannot read settings ({exc})") from exc
+        if not isinstance(settings, dict):
+            raise InspectdError(f"{path}: expected a mapping of settings")
+    return merge(settings, parse_settings(pairs))
+
+
+def merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 def cmd_fit(args) -> None:
     from inspectd.eval.calibrate import fit_and_calibrate
 
-    summary = fit_and_calibrate(args.method, args.data, args.out, parse_settings(args.set),
+    summary = fit_and_calibrate(args.method, args.data, args.out, load_settings(args.settings, args.set),
                                 holdout=args.holdout, seed=args.seed)
     print(json.dumps(summary, indent=2))
 
@@ -75,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", required=True)
     p.add_argument("--data", required=True, help="MVTec-layout folder (uses train/good)")
     p.add_argument("--out", required=True, help="bundle directory, e.g. models/bottle-padim")
+    p.add_argument("--settings", help="YAML file of method settings (see configs/)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="method setting, e.g. coreset_ratio=0.05")
     p.add_argument("--holdout", type=float, default=0.1,
                    help="fraction of train/good kept out of fitting to calibrate thresholds on synthetic defects")

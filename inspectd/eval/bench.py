@@ -52,6 +52,7 @@ def add_bench_parser(sub, handler) -> None:
     f.add_argument("--limit", type=int, default=0, help="refine only the first N test images (quick look)")
     f.add_argument("--overlays", type=int, default=6)
     f.add_argument("--out", default="runs/bench-f2pad")
+    f.add_argument("--settings", help="YAML file of F2PAD settings (see configs/f2pad.yaml)")
     f.add_argument("--set", action="append", metavar="KEY=VALUE", help="F2PAD setting, e.g. lam=0.5")
     f.add_argument("--tune", default="0.03,0.1,0.3,1.0",
                    help="lam values tried on the validation set (the paper grid-searches it per category); '' = no tuning")
@@ -209,13 +210,13 @@ def format_tables(rows: dict) -> str:
 
 
 def run_f2pad_bench(args) -> dict:
-    from inspectd.cli import parse_settings
+    from inspectd.cli import load_settings
 
     data = Path(args.data)
     command = "inspectd " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[0].endswith("inspectd") \
         else "inspectd bench f2pad " + f"--data {data} --methods {args.methods}"
     print(f"command: {command}\nmachine: {machine()}", flush=True)
-    settings = F2PADSettings.from_dict(parse_settings(args.set))
+    settings = F2PADSettings.from_dict(load_settings(args.settings, args.set))
     size = 256
     fit_images, test, val = build_protocol(data, size, args.n_test, args.n_val, args.seed, args.shots)
     real = None
