@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import ClassVar
@@ -87,7 +88,7 @@ def as_batches(images, batch_size: int):
         yield torch.from_numpy(chunk).permute(0, 3, 1, 2).contiguous()
 
 
-class AnomalyMethod(nn.Module):
+class AnomalyMethod(nn.Module, ABC):
     name: ClassVar[str] = "base"
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     # Whether F2PAD can differentiate score_features w.r.t. the input pixels.
@@ -101,15 +102,18 @@ class AnomalyMethod(nn.Module):
         # Decision thresholds on the anomaly map / image score; set by calibrate() or eval.
         self.thresholds: dict[str, float] = {}
 
-    # --- to implement -------------------------------------------------------------------
+    # --- what each method implements --------------------------------------------------------
+    @abstractmethod
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """Method-specific feature map (B,C,h,w) of images (B,3,H,W) in [0, 1]."""
 
+    @abstractmethod
     def score_features(self, feats: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """Per-location anomaly scores (B,h,w), differentiable in `feats`."""
 
+    @abstractmethod
     def _fit(self, batches, n_images: int) -> None:
-        raise NotImplementedError
+        """Learn from batches of normal images (called under torch.no_grad)."""
 
     # --- shared behaviour ----------------------------------------------------------------
     def train(self, mode: bool = True):  # fitted statistics never switch to training behaviour
