@@ -82,6 +82,14 @@ def cmd_bench(args) -> None:
     bench.main(args)
 
 
+def cmd_export(args) -> None:
+    from inspectd.methods import load_method
+    from inspectd.methods.export import export_to_bundle
+
+    info = export_to_bundle(load_method(args.model), args.model)
+    print(json.dumps(info, indent=2))
+
+
 def cmd_demo(args) -> None:
     from inspectd.demo import run_demo
 
@@ -111,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", choices=["f1", "bundle"], default="f1",
                    help="mask threshold for IOU/DICE: F1-optimal on this data, or the bundle's calibrated one")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("export", help="write the bundle's ONNX screening graph (image -> anomaly map, score)")
+    p.add_argument("--model", required=True)
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("synth", help="write an MVTec-layout set of cut-paste defects (F2PAD eq. 16)")
     p.add_argument("--normal", required=True, help="folder of normal images (or an MVTec root: train/good)")
