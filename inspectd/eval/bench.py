@@ -59,10 +59,21 @@ def add_bench_parser(sub, handler) -> None:
     f.add_argument("--tune-images", type=int, default=10, help="validation images used for tuning lam")
     f.set_defaults(func=handler)
 
+    sc = bsub.add_parser("screening", help="frames/s and latency of ONNX Runtime vs eager torch, same model, same run")
+    sc.add_argument("--models", nargs="+", required=True, help="bundle directories (exported or not)")
+    sc.add_argument("--frames", type=int, default=200)
+    sc.add_argument("--warmup", type=int, default=10)
+    sc.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    sc.set_defaults(func=handler)
+
 
 def main(args) -> None:
     if args.bench == "f2pad":
         run_f2pad_bench(args)
+    elif args.bench == "screening":
+        from inspectd.eval.screening_bench import run_screening_bench
+
+        run_screening_bench(args)
 
 
 def machine() -> str:
