@@ -1,0 +1,183 @@
+"""Daemon settings: one YAML file per process, INSPECTD_* environment variables on top.
+
+Nested fields use `__` in the environment, e.g. INSPECTD_SPOOL__MAX_FRAMES=500 or
+INSPECTD_TRANSPORT__FRAMES_BIND=tcp://0.0.0.0:5555. Precedence: environment > YAML file >
+defaults. Any validation problem becomes one ConfigError naming the file and the field.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from inspectd.errors import ConfigError
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+DEFAULT_SETTINGS_FILE = CONFIG_DIR / "demo.yaml"
+# camera ids end up in topics and spool file names: keep them to a safe alphabet
+NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+Device = Literal["auto", "cpu", "cuda"]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a typo in the YAML is an error, not ignored
+
+
+class DemoSettings(Section):
+    """The synthetic production line: texture parts with cut-paste defects (truth kept)."""
+
+    texture: Literal["brick", "gravel", "grass"] = "brick"
+    defect_rate: float = Field(0.3, ge=0.0, le=1.0)
+    area_range: tuple[float, float] = (0.005, 0.05)
+    seed: int = 0
+
+
+class CaptureSettings(Section):
+    source: Literal["demo", "folder", "video"] = "demo"
+    # video: device index ("0"), file path or rtsp:// / http:// URL; folder: a directory
+    uri: str | None = None
+    watch: bool = False  # folder source: keep polling for new files
+    poll_s: float = Field(0.5, gt=0)
+    size: int | None = Field(256, ge=16)  # frames are resized to size x size (None: keep)
+    fps: float = Field(10.0, ge=0)  # upper bound on the frame rate (0: as fast as frames come)
+    max_frames: int | None = Field(None, ge=0)  # stop the source after this many frames
+    reconnect_initial_s: float = Field(0.5, gt=0)
+    reconnect_max_s: float = Field(30.0, gt=0)
+    demo: DemoSettings = DemoSettings()
+
+    @model_validator(mode="after")
+    def _uri_needed(self):
+        if self.source in ("folder", "video") and not self.uri:
+            raise ValueError(f"source {self.source!r} needs capture.uri")
+        return self
+
+
+class ScreeningSettings(Section):
+    model: Path | None = None  # bundle directory with the ONNX screening graph
+    threshold: float | None = None  # overrides the bundle's image threshold
+    device: Device = "auto"
+
+
+class RefinerSettings(Section):
+    model: Path | None = None  # bundle directory with the torch state for F2PAD
+    device: Device = "auto"
+    min_area_px: int = Field(4, ge=1)  # smaller connected regions are not reported as defects
+
+
+class CurveSettings(Section):
+    """CURVE keys (see `inspectd keys`); all three set turns encryption and authentication on."""
+
+    secret_key: Path | None = None  # this process's own certificate, with its secret key
+    server_public_key: Path | None = None  # public certificate of the servers this process connects to
+    authorized_clients: Path | None = None  # folder of public certificates allowed to connect to us
+
+    @property
+    def enabled(self) -> bool:
+        return self.secret_key is not None
+
+    @model_validator(mode="after")
+    def _all_or_nothing(self):
+        given = [n for n in ("secret_key", "server_public_key", "authorized_clients") if getattr(self, n)]
+        if given and len(given) < 3:
+            missing = sorted({"secret_key", "server_public_key", "authorized_clients"} - set(given))
+            raise ValueError(f"CURVE needs all three keys; missing {', '.join(missing)}")
+        return self
+
+
+class TransportSettings(Section):
+    frames_bind: str = "tcp://127.0.0.1:5555"  # capture binds PUSH here
+    frames_connect: list[str] = ["tcp://127.0.0.1:5555"]  # refiner connects PULL to every capture
+    results_bind: str = "tcp://127.0.0.1:5556"  # refiner binds PUB here (one port per refiner)
+    results_connect: list[str] = ["tcp://127.0.0.1:5556"]  # capture and watch SUBscribe to every refiner
+    hwm: int = Field(100, ge=1)  # messages queued per peer before sends wait or drop
+    max_message_bytes: int = Field(16 * 2**20, ge=1024)  # larger frame messages are rejected
+    curve: CurveSettings = CurveSettings()
+
+    @field_validator("frames_bind", "results_bind")
+    @classmethod
+    def _endpoint(cls, value: str) -> str:
+        return check_endpoint(value)
+
+    @field_validator("frames_connect", "results_connect")
+    @classmethod
+    def _endpoints(cls, values: list[str]) -> list[str]:
+        if not values:
+            raise ValueError("needs at least one endpoint")
+        return [check_endpoint(v) for v in values]
+
+
+class SpoolSettings(Section):
+    dir: Path = Path("spool")
+    max_frames: int = Field(1000, ge=1)
+    max_bytes: int = Field(512 * 2**20, ge=1024)
+    ack_timeout_s: float = Field(30.0, gt=0)
+    # drop_oldest keeps the line's newest frames; reject_new keeps what is already waiting
+    full_policy: Literal["drop_oldest", "reject_new"] = "drop_oldest"
+
+
+class MetricsSettings(Section):
+    host: str = "127.0.0.1"
+    port: int | None = Field(9108, ge=0, le=65535)  # None: no HTTP endpoint; 0: any free port
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="INSPECTD_", env_nested_delimiter="__", extra="forbid")
+
+    camera_id: str = Field("cam0", pattern=NAME_PATTERN)
+    px_per_mm: float | None = Field(None, gt=0)
+    capture: CaptureSettings = CaptureSettings()
+    screening: ScreeningSettings = ScreeningSettings()
+    refiner: RefinerSettings = RefinerSettings()
+    transport: TransportSettings = TransportSettings()
+    spool: SpoolSettings = SpoolSettings()
+    metrics: MetricsSettings = MetricsSettings()
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings):
+        # the YAML file arrives as init values; the environment must win over it
+        return env_settings, init_settings
+
+
+def check_endpoint(value: str) -> str:
+    if not re.match(r"^(tcp|ipc|inproc)://\S+$", value):
+        raise ValueError(f"{value!r} is not a ZeroMQ endpoint such as tcp://127.0.0.1:5555")
+    return value
+
+
+def load_settings(path: str | Path | None = None) -> Settings:
+    """Settings from `path` (default configs/demo.yaml) with INSPECTD_* overrides applied."""
+    path = Path(path) if path else DEFAULT_SETTINGS_FILE
+    data = read_yaml(path)
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {describe(exc)}") from None
+
+
+def read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read settings file ({exc.strerror or exc})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})".replace("\n", " ")) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
+    return data
+
+
+def describe(exc: ValidationError) -> str:
+    """All problems on one line: field path, what is wrong, the value, the env variable."""
+    problems = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "<root>"
+        env = "INSPECTD_" + "__".join(str(p) for p in err["loc"]).upper()
+        value = f" (got {err['input']!r})" if err["type"] != "missing" and not isinstance(err["input"], dict) else ""
+        problems.append(f"setting {field}: {err['msg']}{value} [env {env}]")
+    return "; ".join(problems)
