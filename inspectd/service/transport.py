@@ -1,0 +1,163 @@
+"""ZeroMQ sockets for the daemon (patterns from the zguide).
+
+- capture binds PUSH for flagged frames; refiners connect PULL, so several share the load;
+- each refiner binds PUB for results on topic `defect.<camera>`; capture, `inspectd watch` and
+  the line's PLC/MES connect SUB. Capture treats a result seen there as the ack of its frame.
+
+Every socket gets a high-water mark, linger 0 (shutdown never hangs on a dead peer) and a zmq
+message-size cap. With CURVE keys configured, every socket is encrypted, the binding side is the
+CURVE server and a ThreadAuthenticator admits only clients whose public certificates are in the
+authorized_clients folder: an unknown client never completes the handshake, so it gets nothing.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+from pathlib import Path
+
+import zmq
+import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
+
+from inspectd.errors import ConfigError
+from inspectd.service.settings import CurveSettings, TransportSettings
+
+log = logging.getLogger(__name__)
+# zmq drops (and disconnects the sender of) any single part above this multiple of
+# max_message_bytes; between 1x and this, parse_frame rejects the message and counts it
+ZMQ_SIZE_CAP_FACTOR = 2
+
+
+class Transport:
+    """One zmq context per process, with its authenticator when CURVE is on."""
+
+    def __init__(self, settings: TransportSettings):
+        self.settings = settings
+        self.context = zmq.Context()
+        self.authenticator: ThreadAuthenticator | None = None
+        self.keys = load_curve_keys(settings.curve) if settings.curve.enabled else None
+        if self.keys is not None:
+            self.authenticator = start_authenticator(self.context, settings.curve.authorized_clients)
+
+    def socket(self, kind: int) -> zmq.Socket:
+        sock = self.context.socket(kind)
+        sock.linger = 0
+        sock.sndhwm = sock.rcvhwm = self.settings.hwm
+        sock.setsockopt(zmq.MAXMSGSIZE, ZMQ_SIZE_CAP_FACTOR * self.settings.max_message_bytes)
+        return sock
+
+    def bind(self, kind: int, endpoint: str) -> zmq.Socket:
+        sock = self.socket(kind)
+        if self.keys is not None:
+            sock.curve_server = True
+            sock.curve_publickey, sock.curve_secretkey = self.keys["public"], self.keys["secret"]
+        try:
+            sock.bind(endpoint)
+        except zmq.ZMQError as exc:
+            sock.close()
+            raise ConfigError(f"cannot bind {endpoint}: {exc}") from None
+        return sock
+
+    def connect(self, kind: int, endpoints: list[str]) -> zmq.Socket:
+        sock = self.socket(kind)
+        if self.keys is not None:
+            sock.curve_publickey, sock.curve_secretkey = self.keys["public"], self.keys["secret"]
+            sock.curve_serverkey = self.keys["server"]
+        for endpoint in endpoints:
+            sock.connect(endpoint)
+        return sock
+
+    # the four sockets of the daemon
+    def frames_push(self) -> zmq.Socket:
+        sock = self.bind(zmq.PUSH, self.settings.frames_bind)
+        sock.immediate = True  # queue only to connected refiners, so a frame never waits in a dead pipe
+        return sock
+
+    def frames_pull(self) -> zmq.Socket:
+        return self.connect(zmq.PULL, self.settings.frames_connect)
+
+    def results_pub(self) -> zmq.Socket:
+        return self.bind(zmq.PUB, self.settings.results_bind)
+
+    def results_sub(self, topic: str = "defect.") -> zmq.Socket:
+        sock = self.connect(zmq.SUB, self.settings.results_connect)
+        sock.setsockopt_string(zmq.SUBSCRIBE, topic)
+        return sock
+
+    def close(self) -> None:
+        if self.authenticator is not None:
+            self.authenticator.stop()
+        self.context.destroy(linger=0)
+
+
+# --- CURVE -----------------------------------------------------------------------------------
+def make_keypair(directory: str | Path, name: str) -> tuple[Path, Path]:
+    """Write `<name>.key` (public, share it) and `<name>.key_secret` (keep it); returns both paths."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    public, secret = zmq.auth.create_certificates(str(directory), name)
+    os.chmod(secret, 0o600)
+    return Path(public), Path(secret)
+
+
+def load_curve_keys(curve: CurveSettings) -> dict[str, bytes]:
+    public, secret = read_certificate(curve.secret_key, need_secret=True)
+    server, _ = read_certificate(curve.server_public_key, need_secret=False)
+    if not Path(curve.authorized_clients).is_dir():
+        raise ConfigError(f"transport.curve.authorized_clients {curve.authorized_clients}: not a folder of "
+                          "public certificates")
+    return {"public": public, "secret": secret, "server": server}
+
+
+def read_certificate(path: Path, need_secret: bool) -> tuple[bytes, bytes | None]:
+    try:
+        public, secret = zmq.auth.load_certificate(str(path))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"CURVE certificate {path}: cannot load ({exc})") from None
+    if need_secret and not secret:
+        raise ConfigError(f"CURVE certificate {path}: has no secret key (use the .key_secret file)")
+    return public, secret
+
+
+def start_authenticator(context: zmq.Context, authorized_clients: Path) -> ThreadAuthenticator:
+    auth = ThreadAuthenticator(context, log=logging.getLogger("inspectd.auth"))
+    auth.start()
+    auth.configure_curve(domain="*", location=str(authorized_clients))
+    return auth
+
+
+# --- subscriber helper -----------------------------------------------------------------------
+class Deduplicator:
+    """Remembers the last `capacity` frame ids, because resends can publish a result twice."""
+
+    def __init__(self, capacity: int = 10000):
+        self.capacity = capacity
+        self.order: collections.deque[str] = collections.deque()
+        self.seen: set[str] = set()
+
+    def first_time(self, frame_id: str) -> bool:
+        if frame_id in self.seen:
+            return False
+        self.seen.add(frame_id)
+        self.order.append(frame_id)
+        if len(self.order) > self.capacity:
+            self.seen.discard(self.order.popleft())
+        return True
+
+
+def recv_multipart_nowait(sock: zmq.Socket) -> list[bytes] | None:
+    try:
+        return sock.recv_multipart(flags=zmq.NOBLOCK)
+    except zmq.Again:
+        return None
+
+
+def send_multipart_nowait(sock: zmq.Socket, parts: list[bytes]) -> bool:
+    """False when no peer can take the message now (none connected, or all at their HWM)."""
+    try:
+        sock.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
+        return True
+    except zmq.Again:
+        return False
