@@ -1,0 +1,41 @@
+"""Signals for the daemon processes: SIGTERM/SIGINT stop, SIGHUP asks for a model reload.
+
+The handlers only set events; the loops look at them between frames, so a signal never cuts a
+frame in half and a reload never drops one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def signal_handlers(stop: threading.Event, reload: threading.Event | None = None):
+    """Install the handlers for the duration of a loop (main thread only; elsewhere a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_stop(signum, _frame):
+        log.info("%s: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    def on_hup(_signum, _frame):
+        if reload is None:
+            log.info("SIGHUP: nothing to reload")
+        else:
+            log.info("SIGHUP: reloading the model after the current frame")
+            reload.set()
+
+    handlers = {signal.SIGTERM: on_stop, signal.SIGINT: on_stop, signal.SIGHUP: on_hup}
+    previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,86 @@
+"""Prometheus metrics: one registry per process, served over HTTP on 127.0.0.1 by default.
+
+Names follow the Prometheus conventions (`inspectd_` prefix, counters end in `_total`,
+durations in `_seconds`, sizes in `_bytes`); `promtool check metrics` passes on what is served.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest, start_http_server
+
+log = logging.getLogger(__name__)
+# screening runs in milliseconds on a GPU, tens of ms on CPU; refinement takes seconds
+SCREENING_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0, 2.5)
+REFINEMENT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0)
+
+
+class ServiceMetrics:
+    """Everything either process reports; a process leaves the other role's series at zero."""
+
+    def __init__(self, role: str):
+        self.role = role
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.up = Gauge("inspectd_up", "1 while the process runs its loop", ["role"], registry=r)
+        self.model_info = Info("inspectd_model", "The model this process uses", registry=r)
+        self.frames_captured = Counter("inspectd_frames_captured_total", "Frames read from the source",
+                                       ["camera"], registry=r)
+        self.frames_screened = Counter("inspectd_frames_screened_total", "Frames scored by the screening model",
+                                       ["camera"], registry=r)
+        self.frames_flagged = Counter("inspectd_frames_flagged_total", "Frames above the screening threshold",
+                                      ["camera"], registry=r)
+        self.frames_refined = Counter("inspectd_frames_refined_total", "Flagged frames refined and published",
+                                      ["camera"], registry=r)
+        self.screening_latency = Histogram("inspectd_screening_duration_seconds", "Screening time per frame",
+                                           buckets=SCREENING_BUCKETS, registry=r)
+        self.refinement_latency = Histogram("inspectd_refinement_duration_seconds", "Refinement time per frame",
+                                            buckets=REFINEMENT_BUCKETS, registry=r)
+        self.spool_frames = Gauge("inspectd_spool_frames", "Flagged frames waiting for their result", registry=r)
+        self.spool_bytes = Gauge("inspectd_spool_bytes", "Bytes of frames waiting for their result", registry=r)
+        self.resends = Counter("inspectd_resends_total", "Frames sent again after ack_timeout_s", registry=r)
+        self.acks = Counter("inspectd_acks_total", "Spooled frames whose result was seen", registry=r)
+        self.drops = Counter("inspectd_drops_total", "Frames dropped, by reason", ["reason"], registry=r)
+        self.bad_inputs = Counter("inspectd_bad_inputs_total", "Unusable frames or messages, by kind", ["kind"],
+                                  registry=r)
+        self.source_errors = Counter("inspectd_source_errors_total", "Camera losses and unreadable frames",
+                                     ["reason"], registry=r)
+        self.defects_published = Counter("inspectd_defects_published_total", "Defects in published results",
+                                         ["camera"], registry=r)
+        self.results_published = Counter("inspectd_results_published_total", "Published results, by decision",
+                                         ["decision"], registry=r)
+        self.reloads = Counter("inspectd_reloads_total", "Model reloads on SIGHUP, by result", ["result"],
+                               registry=r)
+        self.server = None
+
+    def init_series(self, camera: str | None, drop_reasons=(), bad_input_kinds=()) -> None:
+        """Create the labelled series at 0, so dashboards and rate() see them before the first event."""
+        self.up.labels(self.role)
+        for counter in (self.frames_captured, self.frames_screened, self.frames_flagged, self.frames_refined,
+                        self.defects_published):
+            if camera is not None:
+                counter.labels(camera)
+        for reason in drop_reasons:
+            self.drops.labels(reason)
+        for kind in bad_input_kinds:
+            self.bad_inputs.labels(kind)
+
+    def set_model(self, model_id: str, **extra: str) -> None:
+        self.model_info.info({"model_id": model_id, "role": self.role, **{k: str(v) for k, v in extra.items()}})
+
+    def serve(self, host: str, port: int) -> int:
+        """Start the /metrics HTTP server in a thread; returns the port (useful with port 0)."""
+        self.server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        port = self.server.server_port
+        log.info("metrics on http://%s:%d/metrics", host, port)
+        return port
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+
+    def text(self) -> bytes:
+        return generate_latest(self.registry)
