@@ -1,0 +1,174 @@
+"""The refiner process: PULL flagged frames -> validate -> refine -> measure -> PUB the result.
+
+The refinement model arrives as a plain callable
+`refine(image, header) -> (bool mask, score_map, stats)`, stats with `iterations` (and
+optionally `seconds`, `device`). A bad message is counted by kind and skipped; a refinement that
+raises is published with decision "error" (so capture stops resending a frame that can never
+succeed); nothing here ends the process except stop_event.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import zmq
+
+from inspectd.errors import InspectdError
+from inspectd.geometry import measure_defects
+from inspectd.service.lifecycle import signal_handlers
+from inspectd.service.messages import MESSAGE_ERROR_KINDS, MessageError, encode_result, parse_frame
+from inspectd.service.metrics import ServiceMetrics
+from inspectd.service.sdnotify import Notifier
+from inspectd.service.settings import Settings
+from inspectd.service.transport import Transport, recv_multipart_nowait
+
+log = logging.getLogger(__name__)
+RefineFn = Callable[[np.ndarray, dict], tuple[np.ndarray, np.ndarray, dict]]
+RECENT_RESULTS = 64  # results kept to answer a resent frame without refining it again
+
+
+@dataclass
+class Refinement:
+    """What a reload returns: the callable, its model id and the frame size it needs."""
+
+    refine: RefineFn
+    model_id: str = "unknown"
+    image_size: tuple[int, int] | None = None  # (H, W); other sizes are rejected as wrong_size
+
+
+class RefinerLoop:
+    def __init__(self, settings: Settings, refinement: Refinement, metrics: ServiceMetrics, pub: zmq.Socket):
+        self.settings, self.refinement, self.metrics, self.pub = settings, refinement, metrics, pub
+        self.recent: collections.OrderedDict[str, list[bytes]] = collections.OrderedDict()
+        self.counts = {"received": 0, "published": 0, "bad": 0, "repeats": 0}
+
+    def handle(self, parts: list[bytes]) -> dict | None:
+        """One message in; the published result, or None when the message was unusable."""
+        self.counts["received"] += 1
+        try:
+            header, image = parse_frame(parts, self.settings.transport.max_message_bytes,
+                                        self.refinement.image_size)
+        except MessageError as exc:
+            log.warning("rejected frame message: %s", exc)
+            self.metrics.bad_inputs.labels(exc.kind).inc()
+            self.counts["bad"] += 1
+            return None
+        if header["frame_id"] in self.recent:  # a resend whose first result was missed
+            self.pub.send_multipart(self.recent[header["frame_id"]])
+            self.counts["repeats"] += 1
+            return None
+        result, mask = self.refine(header, image)
+        self.publish(result, mask)
+        return result
+
+    def refine(self, header: dict, image: np.ndarray) -> tuple[dict, np.ndarray]:
+        started = time.perf_counter()
+        try:
+            mask, score_map, stats = self.refinement.refine(image, header)
+            mask, score_map = check_outputs(mask, score_map, image.shape[:2])
+            error = None
+        except Exception as exc:  # a model failure on one frame is reported, not fatal
+            log.error("refining frame %s failed: %s", header["frame_id"], exc)
+            mask, score_map, stats, error = np.zeros(image.shape[:2], bool), None, {}, str(exc)
+        seconds = time.perf_counter() - started
+        self.metrics.refinement_latency.observe(seconds)
+        px_per_mm = header.get("px_per_mm") or self.settings.px_per_mm
+        defects = measure_defects(mask, score_map, px_per_mm, self.settings.refiner.min_area_px)
+        result = {
+            "frame_id": header["frame_id"], "camera": header["camera"],
+            "timestamps": {"captured": header["captured_at"], "screened": header["screened_at"],
+                           "refined": time.time()},
+            "image_score": header["score"], "decision": "error" if error else ("defect" if defects else "ok"),
+            "defects": defects,
+            "refinement": {"seconds": round(float(stats.get("seconds", seconds)), 4),
+                           "iterations": int(stats.get("iterations", 0)), "device": str(stats.get("device", ""))},
+            "model_id": self.refinement.model_id, "screening_model_id": header["model_id"],
+        }
+        if error:
+            result["error"] = error[:500]
+        return result, mask
+
+    def publish(self, result: dict, mask: np.ndarray) -> None:
+        result["timestamps"]["published"] = time.time()
+        parts = encode_result(result, mask)
+        self.pub.send_multipart(parts)
+        self.recent[result["frame_id"]] = parts
+        if len(self.recent) > RECENT_RESULTS:
+            self.recent.popitem(last=False)
+        self.counts["published"] += 1
+        m = self.metrics
+        m.frames_refined.labels(result["camera"]).inc()
+        m.results_published.labels(result["decision"]).inc()
+        m.defects_published.labels(result["camera"]).inc(len(result["defects"]))
+
+
+def check_outputs(mask, score_map, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    mask, score_map = np.asarray(mask, bool), np.asarray(score_map, np.float32)
+    if mask.shape != shape or score_map.shape != shape:
+        raise InspectdError(f"refine returned mask {mask.shape} and score map {score_map.shape}, expected {shape}")
+    return mask, score_map
+
+
+def run_refiner(settings: Settings, refine: RefineFn, stop_event: threading.Event, *, model_id: str = "unknown",
+                image_size: tuple[int, int] | None = None, reload: Callable[[], Refinement] | None = None,
+                reload_event: threading.Event | None = None, metrics: ServiceMetrics | None = None,
+                notifier: Notifier | None = None) -> dict:
+    """Serve until stop_event (SIGTERM/SIGINT in the main thread); returns counts."""
+    reload_event = reload_event or threading.Event()
+    metrics = metrics or ServiceMetrics("refiner")
+    notifier = notifier or Notifier()
+    metrics.init_series(None, (), MESSAGE_ERROR_KINDS)
+    metrics.set_model(model_id)
+    transport = Transport(settings.transport)
+    pull, pub = transport.frames_pull(), transport.results_pub()
+    loop = RefinerLoop(settings, Refinement(refine, model_id, image_size), metrics, pub)
+    if settings.metrics.port is not None:
+        metrics.serve(settings.metrics.host, settings.metrics.port)
+    metrics.up.labels("refiner").set(1)
+    interval, last_ping = notifier.watchdog_interval(), 0.0
+    notifier.ready(f"refining with {model_id}")
+    log.info("refiner: model %s, pulling from %s, publishing on %s", model_id,
+             ", ".join(settings.transport.frames_connect), settings.transport.results_bind)
+    try:
+        with signal_handlers(stop_event, reload_event):
+            while not stop_event.is_set():
+                if interval and time.monotonic() - last_ping >= interval:
+                    notifier.watchdog()
+                    last_ping = time.monotonic()
+                if reload_event.is_set():
+                    reload_event.clear()
+                    loop.refinement = reload_refinement(loop.refinement, reload, metrics, notifier)
+                if pull.poll(200, zmq.POLLIN) and (parts := recv_multipart_nowait(pull)) is not None:
+                    loop.handle(parts)
+    finally:
+        notifier.stopping()
+        transport.close()
+        metrics.up.labels("refiner").set(0)
+        metrics.stop()
+        log.info("refiner stopped: %s", loop.counts)
+    return loop.counts
+
+
+def reload_refinement(current: Refinement, reload: Callable[[], Refinement] | None, metrics: ServiceMetrics,
+                      notifier: Notifier) -> Refinement:
+    if reload is None:
+        return current
+    notifier.reloading()
+    try:
+        new = reload()
+    except (InspectdError, OSError) as exc:
+        log.error("reload failed, keeping model %s: %s", current.model_id, exc)
+        metrics.reloads.labels("failed").inc()
+        return current
+    finally:
+        notifier.ready()
+    log.info("reloaded: model %s", new.model_id)
+    metrics.reloads.labels("ok").inc()
+    metrics.set_model(new.model_id)
+    return new

@@ -1,0 +1,81 @@
+"""`inspectd watch`: subscribe to the refiners' results and print one line per defect."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Callable, Iterator
+
+import numpy as np
+import zmq
+
+from inspectd.service.messages import TOPIC_PREFIX, MessageError, parse_result, topic_for
+from inspectd.service.settings import Settings
+from inspectd.service.transport import Deduplicator, Transport, recv_multipart_nowait
+
+log = logging.getLogger(__name__)
+
+
+def results(settings: Settings, stop_event: threading.Event, camera: str | None = None,
+            timeout_s: float | None = None, ready: threading.Event | None = None) -> Iterator[tuple[dict, np.ndarray]]:
+    """(result, mask) for each frame once (resends are de-duplicated), until stop or timeout.
+
+    `ready` is set once the subscription is in place (PUB/SUB drops what is sent before).
+    """
+    transport = Transport(settings.transport)
+    topic = topic_for(camera) if camera else TOPIC_PREFIX
+    sub = transport.results_sub(topic)
+    dedup = Deduplicator()
+    deadline = time.monotonic() + timeout_s if timeout_s else None
+    if ready is not None:
+        ready.set()
+    try:
+        while not stop_event.is_set() and (deadline is None or time.monotonic() < deadline):
+            if not sub.poll(100, zmq.POLLIN):
+                continue
+            while (parts := recv_multipart_nowait(sub)) is not None:
+                if camera and parts[0] != topic.encode():
+                    continue  # prefix match: defect.cam1 also matches defect.cam10
+                try:
+                    result, mask = parse_result(parts)
+                except MessageError as exc:
+                    log.warning("ignoring bad result message: %s", exc)
+                    continue
+                if dedup.first_time(result["frame_id"]):
+                    yield result, mask
+    finally:
+        transport.close()
+
+
+def format_result(result: dict) -> list[str]:
+    """One line per defect (or one line saying there is none), with the measured geometry."""
+    head = (f"{result['camera']} {result['frame_id']} score {result['image_score']:.3f} "
+            f"{result['decision']} ({result['refinement']['seconds']:.2f} s, "
+            f"{result['refinement']['iterations']} it)")
+    if result["decision"] == "error":
+        return [f"{head}: {result.get('error', 'refinement failed')}"]
+    if not result["defects"]:
+        return [f"{head}: no defect after refinement"]
+    return [f"{head} defect {i + 1}/{len(result['defects'])}: {format_defect(d)}"
+            for i, d in enumerate(result["defects"])]
+
+
+def format_defect(d: dict) -> str:
+    area = f"area {d['area_px']} px" + (f" ({d['area_mm2']:.2f} mm2)" if "area_mm2" in d else "")
+    scores = f" score mean {d['mean_score']:.3f} max {d['max_score']:.3f}" if "mean_score" in d else ""
+    return (f"{area} bbox {d['bbox']} centroid {d['centroid']} orientation {d['orientation_deg']:.1f} deg "
+            f"axes {d['major_axis_px']:.1f} x {d['minor_axis_px']:.1f} px{scores}")
+
+
+def watch(settings: Settings, stop_event: threading.Event, camera: str | None = None, count: int | None = None,
+          timeout_s: float | None = None, out: Callable[[str], None] = print) -> int:
+    """Print results until stopped, `count` results, or `timeout_s`; returns how many were printed."""
+    seen = 0
+    for result, _mask in results(settings, stop_event, camera, timeout_s):
+        for line in format_result(result):
+            out(line)
+        seen += 1
+        if count is not None and seen >= count:
+            break
+    return seen

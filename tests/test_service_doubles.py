@@ -1,0 +1,111 @@
+"""TEST DOUBLES for the service tests: a screener and a refiner that need no model.
+
+They are honest (they really look at the pixels) but only work on the demo line: every normal
+demo part is a grey texture times one tint, so its colours lie on the line from black through
+that tint, and a pasted solid-colour defect lies off it. The per-pixel distance from that colour
+axis is therefore a perfect anomaly map for the demo line, and nothing else. The shipped
+daemon gets its screener (ONNX) and refiner (F2PAD) from the model bundle; these never ship.
+
+Also here: free ports and small settings for tests, imported by the other test_service_* files.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from inspectd.service.settings import Settings
+
+DEMO_TINT = (1.0, 0.9, 0.8)  # inspectd.data.textures.texture_parts' default tint
+DOUBLE_THRESHOLD = 0.05  # 8-bit PNG rounding moves normal pixels < 0.004 off the axis
+
+
+class ColourAxisScreenerDouble:
+    """Test double: score map = distance of each pixel's colour from the demo tint axis."""
+
+    model_id = "test-double-colour-axis"
+    threshold = DOUBLE_THRESHOLD
+
+    def __init__(self, tint=DEMO_TINT):
+        self.axis = np.asarray(tint, np.float32) / np.linalg.norm(tint)
+
+    def score_map(self, image: np.ndarray) -> np.ndarray:
+        along = image @ self.axis
+        return np.linalg.norm(image - along[..., None] * self.axis, axis=2)
+
+    def __call__(self, image: np.ndarray) -> tuple[np.ndarray, float]:
+        scores = self.score_map(image)
+        return scores, float(scores.max())
+
+
+class ThresholdRefinerDouble:
+    """Test double: mask = colour-axis distance above the threshold; optional delay per frame."""
+
+    model_id = "test-double-threshold"
+
+    def __init__(self, delay_s: float = 0.0):
+        self.screener = ColourAxisScreenerDouble()
+        self.delay_s = delay_s
+
+    def __call__(self, image: np.ndarray, header: dict) -> tuple[np.ndarray, np.ndarray, dict]:
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        scores = self.screener.score_map(image)
+        return scores > DOUBLE_THRESHOLD, scores, {"iterations": 1}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def service_settings(tmp_path: Path, **over) -> Settings:
+    """Small, fast settings on fresh loopback ports; `over` sets top-level sections as dicts."""
+    frames, results = free_port(), free_port()
+    base = {
+        "camera_id": "testcam",
+        "capture": {"source": "demo", "size": 64, "fps": 0, "demo": {"defect_rate": 0.5, "seed": 3}},
+        "transport": {"frames_bind": f"tcp://127.0.0.1:{frames}", "frames_connect": [f"tcp://127.0.0.1:{frames}"],
+                      "results_bind": f"tcp://127.0.0.1:{results}",
+                      "results_connect": [f"tcp://127.0.0.1:{results}"], "max_message_bytes": 200_000},
+        "spool": {"dir": str(tmp_path / "spool"), "ack_timeout_s": 1.0},
+        "metrics": {"port": None},
+    }
+    for key, value in over.items():
+        base[key] = {**base[key], **value} if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return Settings(**base)
+
+
+def start_thread(target, *args, **kwargs) -> threading.Thread:
+    thread = threading.Thread(target=target, args=args, kwargs=kwargs, daemon=True)
+    thread.start()
+    return thread
+
+
+def wait_until(condition, timeout: float, interval: float = 0.02) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    return condition()
+
+
+def test_doubles_find_demo_defects_and_pass_normal_parts(tmp_path):
+    """The doubles are only fit for tests if they are right on the demo line."""
+    from inspectd.service.capture import open_source
+
+    settings = service_settings(tmp_path)
+    screen, refine = ColourAxisScreenerDouble(), ThresholdRefinerDouble()
+    frames = list(open_source(settings.capture.model_copy(update={"max_frames": 16}), "testcam", threading.Event()))
+    assert any(f.truth.any() for f in frames) and not all(f.truth.any() for f in frames)
+    for frame in frames:
+        _, score = screen(frame.image)
+        assert (score > DOUBLE_THRESHOLD) == frame.truth.any()
+        mask, _, _ = refine(frame.image, {})
+        assert (mask == frame.truth).mean() > 0.99
