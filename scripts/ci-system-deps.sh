@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Debian packages the service tests need, installed only when missing (safe to run every time):
+#   prometheus -> promtool (`promtool check metrics`) and the prometheus server (scrape test)
+#   systemd    -> systemd-analyze (unit verify + security rating)
+set -euo pipefail
+
+missing=()
+command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+
+if [ ${#missing[@]} -eq 0 ]; then
+    echo "ci-system-deps: promtool, prometheus and systemd-analyze present"
+    exit 0
+fi
+
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null 2>&1 || { echo "ci-system-deps: need root or sudo to install ${missing[*]}" >&2; exit 1; }
+    sudo="sudo"
+fi
+echo "ci-system-deps: installing ${missing[*]}"
+$sudo apt-get update -qq
+# --no-install-recommends: the prometheus package would pull in exporters the tests do not use;
+# policy-rc.d-less containers just skip starting the packaged service
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v systemd-analyze >/dev/null
