@@ -109,3 +109,39 @@ def test_doubles_find_demo_defects_and_pass_normal_parts(tmp_path):
         assert (score > DOUBLE_THRESHOLD) == frame.truth.any()
         mask, _, _ = refine(frame.image, {})
         assert (mask == frame.truth).mean() > 0.99
+
+
+# --- run a daemon process with the doubles: `python tests/test_service_doubles.py ROLE SETTINGS.json` ------
+def run_process(role: str, settings_json: str, idle_after: int | None = None) -> None:
+    """ROLE = capture | refiner. With idle_after=N, capture stops reading after N frames but keeps
+    serving (acks, metrics) until SIGTERM, so counters hold still for a scrape."""
+    import itertools
+    import logging
+
+    def idle(stop: threading.Event):
+        while not stop.wait(0.2):
+            yield None  # "no frame now": the capture loop keeps serving acks and metrics
+
+    from inspectd.service.capture import open_source
+    from inspectd.service.capture_process import run_capture
+    from inspectd.service.refiner_process import run_refiner
+
+    logging.basicConfig(level=logging.INFO, format=f"{role} %(levelname)s %(name)s: %(message)s")
+    settings = Settings.model_validate_json(Path(settings_json).read_text())
+    stop = threading.Event()
+    if role == "refiner":
+        double = ThresholdRefinerDouble(delay_s=float(__import__("os").environ.get("DOUBLE_DELAY_S", "0")))
+        run_refiner(settings, double, stop, model_id=double.model_id)
+        return
+    screen = ColourAxisScreenerDouble()
+    frames = None
+    if idle_after is not None:
+        source = open_source(settings.capture.model_copy(update={"max_frames": idle_after}), settings.camera_id, stop)
+        frames = itertools.chain(source, idle(stop))
+    run_capture(settings, screen, stop, threshold=screen.threshold, model_id=screen.model_id, frames=frames)
+
+
+if __name__ == "__main__":
+    import sys
+
+    run_process(sys.argv[1], sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else None)
