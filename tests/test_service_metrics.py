@@ -8,12 +8,10 @@ Debian package `prometheus` (promtool + prometheus; scripts/ci-system-deps.sh in
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
 import sys
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
