@@ -44,4 +44,4 @@ def load_method(bundle_dir: str | Path) -> AnomalyMethod:
 
 def _import_all() -> None:
     # Importing the modules registers them; kept lazy so `import inspectd.methods` stays cheap.
-    from inspectd.methods import padim, patchcore  # noqa: F401
+    from inspectd.methods import cfa, cflow, dfr, padim, patchcore  # noqa: F401
