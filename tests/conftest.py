@@ -64,3 +64,16 @@ def fitted(normals):
         m.fit(normals, progress=False)
         methods[name] = m
     return methods
+
+
+@pytest.fixture(scope="session")
+def fitted_extra(normals):
+    """CFLOW-AD, CFA and DFR fitted once on the texture crops, with tiny training budgets."""
+    from inspectd.methods import create_method
+
+    methods = {}
+    for name in ("cflow", "cfa", "dfr"):
+        m = create_method(name, {"image_size": SIZE, "epochs": 2.0})
+        m.fit(normals, progress=False)
+        methods[name] = m
+    return methods

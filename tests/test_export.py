@@ -7,11 +7,11 @@ from inspectd.errors import InspectdError
 from inspectd.methods.export import ONNX_FILE, OnnxScreener, export_to_bundle, onnx_providers
 
 
-@pytest.mark.parametrize("name", ["padim", "patchcore"])
-def test_onnx_matches_torch(fitted, normals, tmp_path, name):
+@pytest.mark.parametrize("name", ["padim", "patchcore", "cflow", "cfa", "dfr"])
+def test_onnx_matches_torch(request, normals, tmp_path, name):
     from conftest import paste_square
 
-    method = fitted[name]
+    method = request.getfixturevalue("fitted" if name in ("padim", "patchcore") else "fitted_extra")[name]
     method.thresholds = {"pixel": 1.0, "image": 2.0}
     bundle = method.save(tmp_path / name)
     info = export_to_bundle(method, bundle)
