@@ -119,11 +119,12 @@ def run_process(role: str, settings_json: str, idle_after: int | None = None) ->
     import logging
 
     def idle(stop: threading.Event):
+        logging.getLogger("test-double").info("%d frame(s) read; idle until SIGTERM", idle_after)
         while not stop.wait(0.2):
             yield None  # "no frame now": the capture loop keeps serving acks and metrics
 
     from inspectd.service.capture import open_source
-    from inspectd.service.capture_process import run_capture
+    from inspectd.service.capture_process import Screening, run_capture
     from inspectd.service.refiner_process import run_refiner
 
     logging.basicConfig(level=logging.INFO, format=f"{role} %(levelname)s %(name)s: %(message)s")
@@ -138,7 +139,11 @@ def run_process(role: str, settings_json: str, idle_after: int | None = None) ->
     if idle_after is not None:
         source = open_source(settings.capture.model_copy(update={"max_frames": idle_after}), settings.camera_id, stop)
         frames = itertools.chain(source, idle(stop))
-    run_capture(settings, screen, stop, threshold=screen.threshold, model_id=screen.model_id, frames=frames)
+    def reload() -> Screening:  # SIGHUP: a fresh double under a new model id
+        return Screening(ColourAxisScreenerDouble(), DOUBLE_THRESHOLD, screen.model_id + "-reloaded")
+
+    run_capture(settings, screen, stop, threshold=screen.threshold, model_id=screen.model_id, frames=frames,
+                reload=reload)
 
 
 if __name__ == "__main__":

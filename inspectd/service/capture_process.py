@@ -29,7 +29,7 @@ from inspectd.service.metrics import ServiceMetrics
 from inspectd.service.sdnotify import Notifier
 from inspectd.service.settings import Settings
 from inspectd.service.spool import Spool
-from inspectd.service.transport import Transport, recv_multipart_nowait, send_multipart_nowait
+from inspectd.service.transport import Reconnector, Transport, recv_multipart_nowait, send_multipart_nowait
 
 log = logging.getLogger(__name__)
 ScreenFn = Callable[[np.ndarray], tuple[np.ndarray, float]]
@@ -58,6 +58,7 @@ class FrameSender(threading.Thread):
         self.stop_event = threading.Event()
 
     def run(self) -> None:
+        reconnector = Reconnector(self.sub)
         poller = zmq.Poller()
         poller.register(self.sub, zmq.POLLIN)
         while not self.stop_event.is_set():
@@ -66,6 +67,8 @@ class FrameSender(threading.Thread):
             self.send_due(time.time())
             self.metrics.spool_frames.set(len(self.spool))
             self.metrics.spool_bytes.set(self.spool.bytes)
+            self.metrics.reconnects.inc(len(reconnector.check()))
+        reconnector.close()
 
     def take_acks(self) -> None:
         while (parts := recv_multipart_nowait(self.sub)) is not None:
@@ -169,7 +172,8 @@ def run_capture(settings: Settings, screen: ScreenFn, stop_event: threading.Even
     loop = CaptureLoop(settings, Screening(screen, float(threshold), model_id), metrics, spool)
     source = frames if frames is not None else open_source(
         settings.capture, settings.camera_id, stop_event, lambda reason: metrics.source_errors.labels(reason).inc())
-    if settings.metrics.port is not None:
+    serving = settings.metrics.port is not None  # else the caller serves (or not) its metrics
+    if serving:
         metrics.serve(settings.metrics.host, settings.metrics.port)
     sender.start()
     metrics.up.labels("capture").set(1)
@@ -197,7 +201,8 @@ def run_capture(settings: Settings, screen: ScreenFn, stop_event: threading.Even
         sender.stop()
         transport.close()
         metrics.up.labels("capture").set(0)
-        metrics.stop()
+        if serving:
+            metrics.stop()
         log.info("capture %s stopped: %s; %d frame(s) kept in the spool", settings.camera_id, loop.counts, len(spool))
     return {**loop.counts, "unacked": len(spool)}
 

@@ -50,6 +50,8 @@ class ServiceMetrics:
                                          ["camera"], registry=r)
         self.results_published = Counter("inspectd_results_published_total", "Published results, by decision",
                                          ["decision"], registry=r)
+        self.reconnects = Counter("inspectd_reconnects_total", "Peer connections ended and connected again "
+                                  "(peer restart, or a message part above ZMQ_MAXMSGSIZE)", registry=r)
         self.reloads = Counter("inspectd_reloads_total", "Model reloads on SIGHUP, by result", ["result"],
                                registry=r)
         self.server = None

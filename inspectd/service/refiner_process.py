@@ -26,7 +26,7 @@ from inspectd.service.messages import MESSAGE_ERROR_KINDS, MessageError, encode_
 from inspectd.service.metrics import ServiceMetrics
 from inspectd.service.sdnotify import Notifier
 from inspectd.service.settings import Settings
-from inspectd.service.transport import Transport, recv_multipart_nowait
+from inspectd.service.transport import Reconnector, Transport, recv_multipart_nowait
 
 log = logging.getLogger(__name__)
 RefineFn = Callable[[np.ndarray, dict], tuple[np.ndarray, np.ndarray, dict]]
@@ -127,8 +127,10 @@ def run_refiner(settings: Settings, refine: RefineFn, stop_event: threading.Even
     metrics.set_model(model_id)
     transport = Transport(settings.transport)
     pull, pub = transport.frames_pull(), transport.results_pub()
+    reconnector = Reconnector(pull)
     loop = RefinerLoop(settings, Refinement(refine, model_id, image_size), metrics, pub)
-    if settings.metrics.port is not None:
+    serving = settings.metrics.port is not None  # else the caller serves (or not) its metrics
+    if serving:
         metrics.serve(settings.metrics.host, settings.metrics.port)
     metrics.up.labels("refiner").set(1)
     interval, last_ping = notifier.watchdog_interval(), 0.0
@@ -146,11 +148,14 @@ def run_refiner(settings: Settings, refine: RefineFn, stop_event: threading.Even
                     loop.refinement = reload_refinement(loop.refinement, reload, metrics, notifier)
                 if pull.poll(200, zmq.POLLIN) and (parts := recv_multipart_nowait(pull)) is not None:
                     loop.handle(parts)
+                metrics.reconnects.inc(len(reconnector.check()))
     finally:
         notifier.stopping()
+        reconnector.close()
         transport.close()
         metrics.up.labels("refiner").set(0)
-        metrics.stop()
+        if serving:
+            metrics.stop()
         log.info("refiner stopped: %s", loop.counts)
     return loop.counts
 

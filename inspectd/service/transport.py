@@ -15,11 +15,13 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import time
 from pathlib import Path
 
 import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils.monitor import recv_monitor_message
 
 from inspectd.errors import ConfigError
 from inspectd.service.settings import CurveSettings, TransportSettings
@@ -60,13 +62,25 @@ class Transport:
             raise ConfigError(f"cannot bind {endpoint}: {exc}") from None
         return sock
 
-    def connect(self, kind: int, endpoints: list[str]) -> zmq.Socket:
+    def connect(self, kind: int, endpoints: list[str], wait_s: float = 0.0,
+                subscribe: str | None = None) -> zmq.Socket:
+        """Connect to every endpoint; with wait_s, wait up to that long for all handshakes."""
         sock = self.socket(kind)
         if self.keys is not None:
             sock.curve_publickey, sock.curve_secretkey = self.keys["public"], self.keys["secret"]
             sock.curve_serverkey = self.keys["server"]
+        if subscribe is not None:
+            sock.setsockopt_string(zmq.SUBSCRIBE, subscribe)  # before connecting: sent with the handshake
+        monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED) if wait_s else None
         for endpoint in endpoints:
             sock.connect(endpoint)
+        if monitor is not None:
+            connected = count_events(monitor, len(endpoints), wait_s)
+            if connected < len(endpoints):
+                log.warning("connected to %d of %d endpoint(s) after %.1f s; zmq keeps retrying",
+                            connected, len(endpoints), wait_s)
+            sock.disable_monitor()
+            monitor.close()
         return sock
 
     # the four sockets of the daemon
@@ -81,15 +95,23 @@ class Transport:
     def results_pub(self) -> zmq.Socket:
         return self.bind(zmq.PUB, self.settings.results_bind)
 
-    def results_sub(self, topic: str = "defect.") -> zmq.Socket:
-        sock = self.connect(zmq.SUB, self.settings.results_connect)
-        sock.setsockopt_string(zmq.SUBSCRIBE, topic)
-        return sock
+    def results_sub(self, topic: str = "defect.", wait_s: float = 0.0) -> zmq.Socket:
+        return self.connect(zmq.SUB, self.settings.results_connect, wait_s, subscribe=topic)
 
     def close(self) -> None:
         if self.authenticator is not None:
             self.authenticator.stop()
         self.context.destroy(linger=0)
+
+
+def count_events(monitor: zmq.Socket, wanted: int, timeout_s: float) -> int:
+    """How many monitor events arrive (up to `wanted`) within timeout_s."""
+    seen, deadline = 0, time.monotonic() + timeout_s
+    while seen < wanted and (left := deadline - time.monotonic()) > 0:
+        if monitor.poll(int(left * 1000) + 1):
+            recv_monitor_message(monitor)
+            seen += 1
+    return seen
 
 
 # --- CURVE -----------------------------------------------------------------------------------
@@ -126,6 +148,37 @@ def start_authenticator(context: zmq.Context, authorized_clients: Path) -> Threa
     auth.start()
     auth.configure_curve(domain="*", location=str(authorized_clients))
     return auth
+
+
+class Reconnector:
+    """Connects a socket again after its peer connection ends.
+
+    libzmq reconnects by itself after a network error, but not after a protocol error, and a
+    part above ZMQ_MAXMSGSIZE is one: without this, one oversized message would cut a refiner
+    off from that capture process for good.
+    """
+
+    def __init__(self, sock: zmq.Socket):
+        self.sock = sock
+        self.monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+
+    def check(self) -> list[str]:
+        """Reconnect every endpoint whose connection ended since the last check; returns them."""
+        endpoints = []
+        while self.monitor.poll(0):
+            endpoint = recv_monitor_message(self.monitor)["endpoint"].decode()
+            try:
+                self.sock.disconnect(endpoint)  # drop the dead (or retrying) connection ...
+            except zmq.ZMQError:
+                pass
+            self.sock.connect(endpoint)  # ... and start a fresh one
+            log.warning("connection to %s ended; reconnecting", endpoint)
+            endpoints.append(endpoint)
+        return endpoints
+
+    def close(self) -> None:
+        self.sock.disable_monitor()
+        self.monitor.close()
 
 
 # --- subscriber helper -----------------------------------------------------------------------

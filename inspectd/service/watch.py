@@ -18,14 +18,16 @@ log = logging.getLogger(__name__)
 
 
 def results(settings: Settings, stop_event: threading.Event, camera: str | None = None,
-            timeout_s: float | None = None, ready: threading.Event | None = None) -> Iterator[tuple[dict, np.ndarray]]:
+            timeout_s: float | None = None, ready: threading.Event | None = None,
+            connect_wait_s: float = 5.0) -> Iterator[tuple[dict, np.ndarray]]:
     """(result, mask) for each frame once (resends are de-duplicated), until stop or timeout.
 
-    `ready` is set once the subscription is in place (PUB/SUB drops what is sent before).
+    PUB/SUB drops what is published before a subscriber is connected, so this first waits up
+    to connect_wait_s for every refiner's handshake, then sets `ready`.
     """
     transport = Transport(settings.transport)
     topic = topic_for(camera) if camera else TOPIC_PREFIX
-    sub = transport.results_sub(topic)
+    sub = transport.results_sub(topic, wait_s=connect_wait_s)
     dedup = Deduplicator()
     deadline = time.monotonic() + timeout_s if timeout_s else None
     if ready is not None:
