@@ -58,7 +58,6 @@ class ServiceMetrics:
 
     def init_series(self, camera: str | None, drop_reasons=(), bad_input_kinds=()) -> None:
         """Create the labelled series at 0, so dashboards and rate() see them before the first event."""
-        self.up.labels(self.role)
         for counter in (self.frames_captured, self.frames_screened, self.frames_flagged, self.frames_refined,
                         self.defects_published):
             if camera is not None:

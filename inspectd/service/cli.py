@@ -1,0 +1,136 @@
+"""The daemon's subcommands, for `inspectd/cli.py` to mount:
+
+    add_service_commands(sub, build_screener, build_refiner)
+
+adds `capture`, `refine`, `run` (both on one box, printing results), `watch` and `keys`.
+The model builders come from the caller, so this layer knows nothing about ONNX or F2PAD:
+`build_screener(settings) -> Screening` and `build_refiner(settings) -> Refinement`; they are
+called again on SIGHUP (with the settings file re-read) to reload the model.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+from inspectd.service.capture_process import Screening, run_capture
+from inspectd.service.metrics import ServiceMetrics
+from inspectd.service.refiner_process import Refinement, run_refiner
+from inspectd.service.settings import DEFAULT_SETTINGS_FILE, Settings, load_settings
+from inspectd.service.transport import make_keypair
+from inspectd.service.watch import format_result, results, watch
+
+log = logging.getLogger(__name__)
+BuildScreener = Callable[[Settings], Screening]
+BuildRefiner = Callable[[Settings], Refinement]
+
+
+def add_service_commands(sub, build_screener: BuildScreener, build_refiner: BuildRefiner) -> None:
+    def settings_arg(p):
+        p.add_argument("--settings", default=str(DEFAULT_SETTINGS_FILE),
+                       help="YAML settings file (default configs/demo.yaml); INSPECTD_* variables override it")
+
+    p = sub.add_parser("capture", help="read a camera, screen every frame, send flagged frames to the refiners")
+    settings_arg(p)
+    p.add_argument("--frames", type=int, help="stop after this many frames (default: run until stopped)")
+    p.set_defaults(func=lambda args: cmd_capture(args, build_screener))
+
+    p = sub.add_parser("refine", help="refinement worker: refine flagged frames, publish masks and geometry")
+    settings_arg(p)
+    p.set_defaults(func=lambda args: cmd_refine(args, build_refiner))
+
+    p = sub.add_parser("run", help="capture + refiner on one box, printing each published defect")
+    settings_arg(p)
+    p.add_argument("--frames", type=int, help="stop after this many frames")
+    p.add_argument("--count", type=int, help="stop after this many published results")
+    p.set_defaults(func=lambda args: cmd_run(args, build_screener, build_refiner))
+
+    p = sub.add_parser("watch", help="subscribe to published results and print one line per defect")
+    settings_arg(p)
+    p.add_argument("--camera", help="only this camera (default: all)")
+    p.add_argument("--count", type=int, help="stop after this many results")
+    p.add_argument("--timeout", type=float, help="stop after this many seconds")
+    p.set_defaults(func=cmd_watch)
+
+    p = sub.add_parser("keys", help="make CURVE key pairs (NAME.key to share, NAME.key_secret to keep)")
+    p.add_argument("--dir", required=True, help="folder for the certificate files")
+    p.add_argument("names", nargs="+", help="e.g. capture refiner operator")
+    p.set_defaults(func=cmd_keys)
+
+
+def settings_for(args) -> Settings:
+    settings = load_settings(args.settings)
+    if getattr(args, "frames", None) is not None:
+        settings.capture.max_frames = args.frames
+    return settings
+
+
+def cmd_capture(args, build_screener: BuildScreener) -> None:
+    settings = settings_for(args)
+    screening = build_screener(settings)
+    summary = run_capture(settings, screening.screen, threading.Event(), threshold=screening.threshold,
+                          model_id=screening.model_id, reload=lambda: build_screener(settings_for(args)))
+    print(f"capture: {summary}")
+
+
+def cmd_refine(args, build_refiner: BuildRefiner) -> None:
+    settings = settings_for(args)
+    refinement = build_refiner(settings)
+    summary = run_refiner(settings, refinement.refine, threading.Event(), model_id=refinement.model_id,
+                          image_size=refinement.image_size, reload=lambda: build_refiner(settings_for(args)))
+    print(f"refine: {summary}")
+
+
+def cmd_run(args, build_screener: BuildScreener, build_refiner: BuildRefiner, out=print) -> dict:
+    """Both processes' loops in one process; one /metrics endpoint (the capture's port) for both."""
+    settings = settings_for(args)
+    screening, refinement = build_screener(settings), build_refiner(settings)
+    stop, metrics = threading.Event(), ServiceMetrics("run")
+    refiner_settings = settings.model_copy(update={"metrics": settings.metrics.model_copy(update={"port": None})})
+    refiner = threading.Thread(target=run_refiner, name="refiner", daemon=True,
+                               args=(refiner_settings, refinement.refine, stop),
+                               kwargs={"model_id": refinement.model_id, "image_size": refinement.image_size,
+                                       "metrics": metrics})
+    refiner.start()
+    printed, ready = [], threading.Event()
+    printer = threading.Thread(target=print_results, name="watch", daemon=True,
+                               args=(settings, stop, ready, printed, args.count, out))
+    printer.start()
+    ready.wait(10)
+    summary = run_capture(settings, screening.screen, stop, threshold=screening.threshold,
+                          model_id=screening.model_id, metrics=metrics,
+                          reload=lambda: build_screener(settings_for(args)))
+    # each result is published before capture sees it as an ack; give the printer a moment for the last
+    deadline = time.monotonic() + 5
+    while printer.is_alive() and len(printed) < summary["spooled"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    refiner.join(timeout=30)
+    summary["results"] = len(printed)
+    out(f"run: {summary}")
+    return summary
+
+
+def print_results(settings: Settings, stop: threading.Event, ready: threading.Event, printed: list,
+                  count: int | None, out) -> None:
+    for result, _mask in results(settings, stop, settings.camera_id, ready=ready):
+        for line in format_result(result):
+            out(line)
+        printed.append(result["frame_id"])
+        if count is not None and len(printed) >= count:
+            stop.set()
+
+
+def cmd_watch(args) -> None:
+    settings = load_settings(args.settings)
+    watch(settings, threading.Event(), args.camera, args.count, args.timeout)
+
+
+def cmd_keys(args) -> None:
+    for name in args.names:
+        public, secret = make_keypair(Path(args.dir), name)
+        print(f"{name}: public {public} (copy into the authorized_clients folder of the servers it connects to), "
+              f"secret {secret} (keep it; transport.curve.secret_key)")
