@@ -72,7 +72,8 @@ def service_settings(tmp_path: Path, **over) -> Settings:
         "capture": {"source": "demo", "size": 64, "fps": 0, "demo": {"defect_rate": 0.5, "seed": 3}},
         "transport": {"frames_bind": f"tcp://127.0.0.1:{frames}", "frames_connect": [f"tcp://127.0.0.1:{frames}"],
                       "results_bind": f"tcp://127.0.0.1:{results}",
-                      "results_connect": [f"tcp://127.0.0.1:{results}"], "max_message_bytes": 200_000},
+                      "results_connect": [f"tcp://127.0.0.1:{results}"], "max_message_bytes": 200_000,
+                      "pub_grace_s": 0.5},
         "spool": {"dir": str(tmp_path / "spool"), "ack_timeout_s": 1.0},
         "metrics": {"port": None},
     }

@@ -126,7 +126,10 @@ def run_refiner(settings: Settings, refine: RefineFn, stop_event: threading.Even
     metrics.init_series(None, (), MESSAGE_ERROR_KINDS)
     metrics.set_model(model_id)
     transport = Transport(settings.transport)
-    pull, pub = transport.frames_pull(), transport.results_pub()
+    pub = transport.results_pub()
+    # take frames only once subscribers had time to (re)connect, or their results would be lost
+    stop_event.wait(settings.transport.pub_grace_s)
+    pull = transport.frames_pull()
     reconnector = Reconnector(pull)
     loop = RefinerLoop(settings, Refinement(refine, model_id, image_size), metrics, pub)
     serving = settings.metrics.port is not None  # else the caller serves (or not) its metrics

@@ -96,6 +96,9 @@ class TransportSettings(Section):
     results_connect: list[str] = ["tcp://127.0.0.1:5556"]  # capture and watch SUBscribe to every refiner
     hwm: int = Field(100, ge=1)  # messages queued per peer before sends wait or drop
     max_message_bytes: int = Field(16 * 2**20, ge=1024)  # larger frame messages are rejected
+    # a (re)started refiner publishes nothing for this long after binding PUB, so subscribers
+    # (capture's ack listener, watch, the PLC) reconnect first: PUB drops what they miss
+    pub_grace_s: float = Field(1.0, ge=0)
     curve: CurveSettings = CurveSettings()
 
     @field_validator("frames_bind", "results_bind")
