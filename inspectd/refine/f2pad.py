@@ -9,6 +9,7 @@ feature locations near that region, which is what makes one image take seconds, 
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass, field
@@ -110,6 +111,14 @@ class Problem:
         with torch.no_grad():
             feats0 = method.features(self.assemble(self.start)[None])
         self.scorer = method.refine_scorer(feats0, offset_cells, loss_cells > 0)
+
+    def restricted_to(self, keep: torch.Tensor, z: torch.Tensor) -> "Problem":
+        """The same objective with only the ROI pixels `keep` as variables, the others fixed at z."""
+        sub = copy.copy(self)
+        sub.crop = self.assemble(z)
+        sub.flat_index = self.flat_index[keep]
+        sub.observed = self.observed[keep]
+        return sub
 
     def assemble(self, z: torch.Tensor) -> torch.Tensor:
         """Crop image with the ROI pixels replaced by the variables z (P,3)."""
@@ -237,12 +246,8 @@ def reestimate(problem: Problem, z: torch.Tensor, in_mask: torch.Tensor, s: F2PA
     """Section III-E3: with the mask known, pixels outside it are X exactly and the pixels
     inside are solved again without the sparsity term, giving a clean X_N."""
     z_fixed = torch.where(in_mask[:, None], z, problem.observed)
-    sub = Problem.__new__(Problem)
-    sub.__dict__.update(problem.__dict__)
     keep = in_mask.nonzero()[:, 0]
-    sub.crop = problem.assemble(z_fixed)
-    sub.flat_index = problem.flat_index[keep]
-    sub.observed = problem.observed[keep]
+    sub = problem.restricted_to(keep, z_fixed)
     z_in, re_stats = solve(sub, z_fixed[keep], s, 0.0, s.reestimate_iters, weights)
     stats["reestimate_iterations"] = re_stats["iterations"]
     return z_fixed.index_copy(0, keep, z_in)
