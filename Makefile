@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install clean
+.PHONY: run test install system-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,10 +16,15 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# promtool/prometheus and systemd-analyze for the service tests (Debian packages, root needed);
+# without them those few tests skip and say why.
+system-deps:
+	@bash scripts/ci-system-deps.sh || echo "warning: could not install prometheus/systemd; their tests will skip"
+
 run: $(STAMP)
 	$(VENV)/bin/inspectd demo $(ARGS)
 
-test: $(STAMP)
+test: $(STAMP) system-deps
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 
 clean:
