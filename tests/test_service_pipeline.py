@@ -320,3 +320,49 @@ def test_curve_refiner_ignores_a_client_with_an_unknown_key(curve_settings):
         thief_pull.disable_monitor()
         for side in (capture_side, intruder_side, thief_side):
             side.close()
+
+
+def test_reload_mid_stream_switches_model_without_dropping_a_frame(tmp_path):
+    """What SIGHUP does (reload_event is what the handler sets), here while frames flow."""
+    import json
+
+    from inspectd.service.capture_process import Screening
+    from inspectd.service.spool import Spool
+
+    settings = service_settings(tmp_path, capture={"max_frames": 20, "demo": {"defect_rate": 0.5, "seed": 2}})
+    stop, reload_event, metrics = threading.Event(), threading.Event(), ServiceMetrics("capture")
+    screen = ColourAxisScreenerDouble()
+    seen = []
+
+    def on_frame(frame, flagged):
+        seen.append(frame.id)
+        if len(seen) == 8:
+            reload_event.set()
+        if len(seen) == 20:
+            stop.set()  # no refiner here: stop instead of waiting for acks
+
+    def reload() -> Screening:
+        return Screening(ColourAxisScreenerDouble(), screen.threshold, "model-v2")
+
+    summary = run_capture(settings, screen, stop, threshold=screen.threshold, model_id="model-v1", reload=reload,
+                          reload_event=reload_event, metrics=metrics, on_frame=on_frame)
+    assert summary["frames"] == 20 and metrics.frames_screened.labels("testcam")._value.get() == 20
+    assert metrics.reloads.labels("ok")._value.get() == 1
+    spool = Spool(settings.spool.dir, 100, 10**9, 1.0)
+    models = [json.loads(spool.load(fid)[0])["model_id"] for fid in spool.due_for_resend(0)]
+    assert len(models) == summary["flagged"] and models == sorted(models)  # v1 ... then v2, in frame order
+    assert models[0] == "model-v1" and models[-1] == "model-v2"
+
+
+def test_a_taken_port_is_one_clear_error(tmp_path):
+    from inspectd.errors import ConfigError
+
+    settings = service_settings(tmp_path)
+    blocker = Transport(settings.transport)
+    held = blocker.results_pub()  # keep a reference: a collected socket closes and frees the port
+    try:
+        with pytest.raises(ConfigError, match="cannot bind tcp://127.0.0.1:"):
+            run_refiner(settings, ThresholdRefinerDouble(), threading.Event())
+    finally:
+        held.close()
+        blocker.close()

@@ -36,6 +36,19 @@ def test_due_new_then_after_timeout(tmp_path):
     assert spool.due_for_resend(108.0) == ["f1", "f2"] and spool.attempts("f1") == 1
 
 
+def test_resend_timeout_doubles_per_attempt_up_to_a_cap(tmp_path):
+    spool = make(tmp_path)  # ack_timeout_s 5
+    spool.put("f", PARTS)
+    now = 0.0
+    waits = []
+    for _ in range(6):
+        spool.mark_sent("f", now)
+        wait = next(t for t in range(1, 100) if spool.due_for_resend(now + t))
+        waits.append(wait)
+        now += wait
+    assert waits == [5, 10, 20, 40, 40, 40]
+
+
 def test_survives_restart_in_order_and_resends_everything(tmp_path):
     spool = make(tmp_path)
     for i in range(5):

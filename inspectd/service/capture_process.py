@@ -167,8 +167,12 @@ def run_capture(settings: Settings, screen: ScreenFn, stop_event: threading.Even
     metrics.set_model(model_id)
     spool = open_spool(settings, metrics)
     transport = Transport(settings.transport)
-    sender = FrameSender(transport.frames_push(), transport.results_sub(topic_for(settings.camera_id)), spool,
-                         settings.camera_id, metrics)
+    try:
+        sender = FrameSender(transport.frames_push(), transport.results_sub(topic_for(settings.camera_id)), spool,
+                             settings.camera_id, metrics)
+    except BaseException:  # e.g. the port is taken: release the context and the authenticator thread
+        transport.close()
+        raise
     loop = CaptureLoop(settings, Screening(screen, float(threshold), model_id), metrics, spool)
     source = frames if frames is not None else open_source(
         settings.capture, settings.camera_id, stop_event, lambda reason: metrics.source_errors.labels(reason).inc())

@@ -126,7 +126,11 @@ def run_refiner(settings: Settings, refine: RefineFn, stop_event: threading.Even
     metrics.init_series(None, (), MESSAGE_ERROR_KINDS)
     metrics.set_model(model_id)
     transport = Transport(settings.transport)
-    pub = transport.results_pub()
+    try:
+        pub = transport.results_pub()
+    except BaseException:  # e.g. the port is taken: release the context and the authenticator thread
+        transport.close()
+        raise
     # take frames only once subscribers had time to (re)connect, or their results would be lost
     stop_event.wait(settings.transport.pub_grace_s)
     pull = transport.frames_pull()

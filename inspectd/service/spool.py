@@ -27,6 +27,7 @@ from typing import Callable
 
 log = logging.getLogger(__name__)
 SUFFIX = ".frame"
+MAX_BACKOFF = 8  # the resend timeout grows to at most 8 x ack_timeout_s
 MAGIC = b"ISPL1"  # file format marker: MAGIC, part count (u32), then per part length (u64) + bytes
 
 
@@ -63,10 +64,17 @@ class Spool:
         return frame_id in self.entries
 
     def due_for_resend(self, now: float) -> list[str]:
-        """Frame ids never sent (new or reloaded) or unacked for ack_timeout_s, oldest first."""
+        """Frame ids never sent (new or reloaded) or unacked for their timeout, oldest first.
+
+        The timeout is ack_timeout_s after the first send and doubles with each resend (up to
+        MAX_BACKOFF times): when refiners are merely slow, duplicates stay few.
+        """
         with self.lock:
             return [e.frame_id for e in self.entries.values()
-                    if e.sent_at is None or now - e.sent_at >= self.ack_timeout_s]
+                    if e.sent_at is None or now - e.sent_at >= self.timeout_for(e.attempts)]
+
+    def timeout_for(self, attempts: int) -> float:
+        return self.ack_timeout_s * min(2 ** max(attempts - 1, 0), MAX_BACKOFF)
 
     def load(self, frame_id: str) -> list[bytes] | None:
         """The spooled message parts, or None when the frame is gone (acked or dropped)."""
