@@ -22,7 +22,7 @@ system-deps:
 	@bash scripts/ci-system-deps.sh || echo "warning: could not install prometheus/systemd; their tests will skip"
 
 run: $(STAMP)
-	$(VENV)/bin/inspectd demo $(ARGS)
+	$(VENV)/bin/inspectd run $(ARGS)
 
 test: $(STAMP) system-deps
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)

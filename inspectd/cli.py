@@ -137,9 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     from inspectd.demo import add_demo_parser
     from inspectd.eval.bench import add_bench_parser
+    from inspectd.service.cli import add_service_commands
+    from inspectd.service.models import build_refiner, build_screener
 
     add_bench_parser(sub, cmd_bench)
     add_demo_parser(sub, cmd_demo)
+    add_service_commands(sub, build_screener, build_refiner)
     return parser
 
 

@@ -1,0 +1,56 @@
+"""The real screener (ONNX Runtime) and refiner (F2PAD) behind the daemon's loops."""
+
+import numpy as np
+import pytest
+
+from conftest import paste_square, texture_crops
+from inspectd.errors import BundleError
+from inspectd.service.models import build_refiner, build_screener
+from inspectd.service.settings import load_settings
+
+
+@pytest.fixture(scope="module")
+def demo_settings(tmp_path_factory, monkeypatch_module):
+    bundle = tmp_path_factory.mktemp("models") / "demo"
+    monkeypatch_module.setenv("INSPECTD_CAPTURE__SIZE", "64")
+    monkeypatch_module.setenv("INSPECTD_SCREENING__MODEL", str(bundle))
+    monkeypatch_module.setenv("INSPECTD_REFINER__MODEL", str(bundle))
+    monkeypatch_module.setenv("INSPECTD_REFINER__DEVICE", "cpu")
+    return load_settings()
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    mp = pytest.MonkeyPatch()
+    yield mp
+    mp.undo()
+
+
+def test_demo_bundle_is_fitted_and_screens_with_onnx(demo_settings):
+    screening = build_screener(demo_settings)  # fits + exports the demo model on first use
+    assert screening.threshold > 0
+    part = texture_crops(n=1, size=64, seed=42)[0]
+    defective, _ = paste_square(part, 20, 20, 14)
+    normal_map, normal_score = screening.screen(part)
+    defect_map, defect_score = screening.screen(defective)
+    assert normal_map.shape == (64, 64) and defect_score > normal_score
+
+
+def test_refiner_returns_a_mask_on_the_defect(demo_settings):
+    build_screener(demo_settings)
+    refinement = build_refiner(demo_settings)
+    assert refinement.image_size == (64, 64)
+    part = texture_crops(n=1, size=64, seed=43)[0]
+    defective, truth = paste_square(part, 18, 22, 14)
+    mask, coarse, stats = refinement.refine(defective, {"frame_id": "t"})
+    assert mask.shape == coarse.shape == (64, 64) and stats["device"] == "cpu"
+    assert (mask & truth).sum() / max((mask | truth).sum(), 1) > 0.5
+
+
+def test_missing_bundle_outside_the_demo_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("INSPECTD_CAPTURE__SOURCE", "folder")
+    monkeypatch.setenv("INSPECTD_CAPTURE__URI", str(tmp_path))
+    monkeypatch.setenv("INSPECTD_SCREENING__MODEL", str(tmp_path / "nope"))
+    settings = load_settings()
+    with pytest.raises(BundleError, match="nope: screening model bundle not found"):
+        build_screener(settings)
