@@ -70,7 +70,7 @@ def build_flow(channels: int, condition_dim: int, blocks: int, clamp: float) -> 
 def positional_encoding(rows: torch.Tensor, cols: torch.Tensor, dim: int) -> torch.Tensor:
     """(len(rows), len(cols), dim) sinusoidal encoding of integer grid positions."""
     quarter = dim // 4
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(quarter, dtype=torch.float32) / quarter)
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(quarter, dtype=torch.float32, device=rows.device) / quarter)
 
     def encode(pos):  # (n,) -> (n, 2*quarter)
         angles = pos.float()[:, None] * freqs
@@ -121,7 +121,7 @@ class Cflow(AnomalyMethod):
         """(h*w, P) positional encodings of an (h, w) window of the full grid at `offset`."""
         rows = torch.arange(offset[0], offset[0] + h, device=device)
         cols = torch.arange(offset[1], offset[1] + w, device=device)
-        return positional_encoding(rows, cols, self.config.condition_dim).to(device).reshape(h * w, -1)
+        return positional_encoding(rows, cols, self.config.condition_dim).reshape(h * w, -1)
 
     def layer_log_likelihoods(self, vectors: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """(n, C) raw feature vectors -> (n, L) per-layer log-likelihood per dimension."""
