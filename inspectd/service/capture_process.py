@@ -20,9 +20,9 @@ from typing import Callable, Iterator
 import numpy as np
 import zmq
 
-from inspectd.errors import ConfigError, InspectdError
+from inspectd.errors import ConfigError
 from inspectd.service.capture import Frame, open_source, paced
-from inspectd.service.lifecycle import signal_handlers
+from inspectd.service.lifecycle import reload_model, signal_handlers
 from inspectd.service.messages import MESSAGE_ERROR_KINDS, MessageError, encode_frame, map_summary, parse_result, \
     topic_for
 from inspectd.service.metrics import ServiceMetrics
@@ -191,7 +191,7 @@ def run_capture(settings: Settings, screen: ScreenFn, stop_event: threading.Even
                 watchdog.maybe_ping()
                 if reload_event.is_set():
                     reload_event.clear()
-                    loop.screening = reload_screening(loop.screening, reload, metrics, notifier)
+                    loop.screening = reload_model(loop.screening, reload, metrics, notifier)
                 if stop_event.is_set():
                     break
                 if frame is None:
@@ -215,26 +215,6 @@ def open_spool(settings: Settings, metrics: ServiceMetrics) -> Spool:
     s = settings.spool
     return Spool(s.dir, s.max_frames, s.max_bytes, s.ack_timeout_s, s.full_policy,
                  on_drop=lambda reason, frame_id: metrics.drops.labels(reason).inc())
-
-
-def reload_screening(current: Screening, reload: Callable[[], Screening] | None, metrics: ServiceMetrics,
-                     notifier: Notifier) -> Screening:
-    """The reloaded model, or the current one when loading fails (the line keeps running)."""
-    if reload is None:
-        return current
-    notifier.reloading()
-    try:
-        new = reload()
-    except (InspectdError, OSError) as exc:
-        log.error("reload failed, keeping model %s: %s", current.model_id, exc)
-        metrics.reloads.labels("failed").inc()
-        return current
-    finally:
-        notifier.ready()
-    log.info("reloaded: model %s, threshold %.4g", new.model_id, new.threshold)
-    metrics.reloads.labels("ok").inc()
-    metrics.set_model(new.model_id)
-    return new
 
 
 class Watchdog:

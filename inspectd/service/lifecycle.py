@@ -11,6 +11,8 @@ import logging
 import signal
 import threading
 
+from inspectd.errors import InspectdError
+
 log = logging.getLogger(__name__)
 
 
@@ -39,3 +41,23 @@ def signal_handlers(stop: threading.Event, reload: threading.Event | None = None
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def reload_model(current, reload, metrics, notifier):
+    """The reloaded model (screening or refinement), or the current one when loading fails:
+    the line keeps running on the old model and the failure is logged and counted."""
+    if reload is None:
+        return current
+    notifier.reloading()
+    try:
+        new = reload()
+    except (InspectdError, OSError) as exc:
+        log.error("reload failed, keeping model %s: %s", current.model_id, exc)
+        metrics.reloads.labels("failed").inc()
+        return current
+    finally:
+        notifier.ready()
+    log.info("reloaded: model %s", new.model_id)
+    metrics.reloads.labels("ok").inc()
+    metrics.set_model(new.model_id)
+    return new

@@ -21,7 +21,7 @@ import zmq
 
 from inspectd.errors import InspectdError
 from inspectd.geometry import measure_defects
-from inspectd.service.lifecycle import signal_handlers
+from inspectd.service.lifecycle import reload_model, signal_handlers
 from inspectd.service.messages import MESSAGE_ERROR_KINDS, MessageError, encode_result, parse_frame
 from inspectd.service.metrics import ServiceMetrics
 from inspectd.service.sdnotify import Notifier
@@ -152,7 +152,7 @@ def run_refiner(settings: Settings, refine: RefineFn, stop_event: threading.Even
                     last_ping = time.monotonic()
                 if reload_event.is_set():
                     reload_event.clear()
-                    loop.refinement = reload_refinement(loop.refinement, reload, metrics, notifier)
+                    loop.refinement = reload_model(loop.refinement, reload, metrics, notifier)
                 if pull.poll(200, zmq.POLLIN) and (parts := recv_multipart_nowait(pull)) is not None:
                     loop.handle(parts)
                 metrics.reconnects.inc(len(reconnector.check()))
@@ -167,20 +167,3 @@ def run_refiner(settings: Settings, refine: RefineFn, stop_event: threading.Even
     return loop.counts
 
 
-def reload_refinement(current: Refinement, reload: Callable[[], Refinement] | None, metrics: ServiceMetrics,
-                      notifier: Notifier) -> Refinement:
-    if reload is None:
-        return current
-    notifier.reloading()
-    try:
-        new = reload()
-    except (InspectdError, OSError) as exc:
-        log.error("reload failed, keeping model %s: %s", current.model_id, exc)
-        metrics.reloads.labels("failed").inc()
-        return current
-    finally:
-        notifier.ready()
-    log.info("reloaded: model %s", new.model_id)
-    metrics.reloads.labels("ok").inc()
-    metrics.set_model(new.model_id)
-    return new
