@@ -63,6 +63,8 @@ def fitted(normals):
         m = create_method(name, {"image_size": SIZE})
         m.fit(normals, progress=False)
         methods[name] = m
+    # PaDiM on a coarser grid than its finest layer (the screening-sized variant)
+    methods["padim-grid8"] = create_method("padim", {"image_size": SIZE, "grid_stride": 8}).fit(normals, progress=False)
     return methods
 
 

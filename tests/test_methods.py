@@ -24,7 +24,7 @@ def test_empty_training_set_is_refused():
         create_method("padim", {"image_size": SIZE}).fit(np.zeros((0, SIZE, SIZE, 3), np.float32))
 
 
-@pytest.mark.parametrize("name", ["padim", "patchcore"])
+@pytest.mark.parametrize("name", ["padim", "patchcore", "padim-grid8"])
 def test_pasted_defect_ranks_above_normal_pixels(fitted, normals, name):
     method = fitted[name]
     defective, mask = paste_square(normals[0], 30, 40, 16)
@@ -44,7 +44,7 @@ def test_score_map_is_differentiable_in_the_input(fitted, normals, name):
     assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("name", ["padim", "patchcore"])
+@pytest.mark.parametrize("name", ["padim", "patchcore", "padim-grid8"])
 def test_crop_scores_match_full_image_scores(fitted, name):
     """F2PAD scores crops: away from the cut, crop scores at the right grid offset must match
     the full-image scores (PaDiM's statistics are per location, so the offset matters)."""
@@ -63,8 +63,16 @@ def test_crop_scores_match_full_image_scores(fitted, name):
             return float((part[far, far] - full[far, far]).abs().mean() / full[far, far].mean())
 
     assert rel_error(0) < 0.3
-    if name == "padim":
+    if name.startswith("padim"):
         assert rel_error(1) > 2 * rel_error(0)
+
+
+def test_padim_grid_stride_pools_finer_layers_into_a_coarser_grid(fitted, normals):
+    x = to_tensor(normals[0])
+    assert fitted["padim"].score_map(x).shape[-1] == SIZE // 4
+    coarse = fitted["padim-grid8"]
+    assert coarse.feature_stride == 8 and coarse.score_map(x).shape[-1] == SIZE // 8
+    assert coarse.features(x[:, :, :, :90]).shape[-1] == 12  # ceil(90 / 8), as the backbone pads
 
 
 @pytest.mark.parametrize("name", ["padim", "patchcore"])
