@@ -69,7 +69,8 @@ def partitioned_coreset(feats: torch.Tensor, ratio: float, proj_dim: int, chunk:
 def chunked_nearest(query: torch.Tensor, bank: torch.Tensor, chunk: int, k: int = 1):
     """Squared distances and indices of the k nearest bank rows for each query row.
 
-    The bank is visited in blocks so memory stays at (Q x chunk) whatever the bank size.
+    The bank is visited in blocks so memory stays at (Q x chunk + Q x k x C) whatever the bank
+    size.
     """
     q_sq = (query * query).sum(1, keepdim=True)
     best_d = best_i = None
@@ -82,7 +83,11 @@ def chunked_nearest(query: torch.Tensor, bank: torch.Tensor, chunk: int, k: int 
             d_k, sel = torch.cat([best_d, d_k], 1).topk(k, dim=1, largest=False)
             i_k = torch.cat([best_i, i_k], 1).gather(1, sel)
         best_d, best_i = d_k, i_k
-    return best_d.clamp_min(0), best_i
+    # The expansion |q|^2 - 2 q.b + |b|^2 picks the neighbours fast but cancels badly for close
+    # pairs (float32, large norms), and differently in each runtime: recompute the chosen
+    # distances directly, which costs (Q x k x C) and makes torch and ONNX agree.
+    exact = ((query[:, None, :] - bank[best_i]) ** 2).sum(-1)
+    return exact, best_i
 
 
 @register_method
