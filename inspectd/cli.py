@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from inspectd.errors import InspectdError
+from inspectd.runtime import keep_freed_memory
 
 
 def parse_settings(pairs: list[str]) -> dict:
@@ -151,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    keep_freed_memory()
     started = time.time()
     try:
         args.func(args)

@@ -74,3 +74,13 @@ def test_corrupt_training_image_is_named(dataset, tmp_path, capsys):
     (data / "train" / "good" / "zzz.png").write_bytes(b"\x89PNG\r\n garbage")
     assert main(["fit", "--method", "padim", "--data", str(data), "--out", str(tmp_path / "b"), "--set", "image_size=64"]) == 2
     assert "zzz.png" in capsys.readouterr().err and not (tmp_path / "b").exists()
+
+
+def test_malloc_tuning_applies_on_glibc():
+    import platform
+
+    from inspectd.runtime import keep_freed_memory
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt tuning is glibc-only")
+    assert keep_freed_memory() is True

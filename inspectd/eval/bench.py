@@ -66,6 +66,7 @@ def add_bench_parser(sub, handler) -> None:
     sc.add_argument("--models", nargs="+", required=True, help="bundle directories (exported or not)")
     sc.add_argument("--frames", type=int, default=200)
     sc.add_argument("--warmup", type=int, default=10)
+    sc.add_argument("--rounds", type=int, default=3, help="passes over the frames per runtime; best kept")
     sc.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     sc.set_defaults(func=handler)
 

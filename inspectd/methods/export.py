@@ -74,6 +74,9 @@ class OnnxScreener:
         self.meta = json.loads((bundle_dir / ONNX_META_FILE).read_text())
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only: no provider warnings on CPU-only machines
+        # No busy-waiting between frames: the capture loop idles between frames and, with
+        # `inspectd run`, shares the cores with the refiner.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads:
             options.intra_op_num_threads = threads
         self.session = ort.InferenceSession(str(bundle_dir / ONNX_FILE), options, providers=onnx_providers(device))
