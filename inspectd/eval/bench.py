@@ -163,15 +163,22 @@ def run_method(name, fit_images, test, val, real, settings, args, out_dir) -> di
            "coarse_oracle_threshold": seg(test_masks, maps > oracle_thr),
            "f2pad": summarise_runs(test_masks, runs), "ablations": {}}
     k = min(args.ablation_images, len(test_images))
-    row["ablations"]["initialisation only"] = seg(test_masks[:k], np.stack([r.init_mask for r in runs[:k]]))
-    row["ablations"]["full F2PAD"] = seg(test_masks[:k], np.stack([r.mask for r in runs[:k]]))
-    for label, change in ABLATIONS.items():
-        abl = refine_all(test_images[:k], maps[:k], method, prior, s.replace(**change), f"{name}: {label}")
-        row["ablations"][label] = seg(test_masks[:k], np.stack([r.mask for r in abl]))
+    if k > 0:
+        row["ablations"] = run_ablations(test_images[:k], test_masks[:k], maps[:k], runs[:k], method, prior, s, name)
     if real is not None:
         row["real"] = run_real(name, method, prior, s, real)
     write_overlays(out_dir / name, test_images, test_masks, maps > threshold, runs, args.overlays)
     return row
+
+
+def run_ablations(images, masks, maps, runs, method, prior, s, name) -> dict:
+    """Table III on the given test images: the full runs' own initialisation, then each ablation."""
+    out = {"initialisation only": seg(masks, np.stack([r.init_mask for r in runs])),
+           "full F2PAD": seg(masks, np.stack([r.mask for r in runs]))}
+    for label, change in ABLATIONS.items():
+        abl = refine_all(images, maps, method, prior, s.replace(**change), f"{name}: {label}")
+        out[label] = seg(masks, np.stack([r.mask for r in abl]))
+    return out
 
 
 def run_real(name, method, prior, settings, real) -> dict:
