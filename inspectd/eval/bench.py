@@ -70,6 +70,14 @@ def add_bench_parser(sub, handler) -> None:
     sc.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     sc.set_defaults(func=handler)
 
+    so = bsub.add_parser("soak", help="capture + refiner processes on the demo line: memory over a long run")
+    so.add_argument("--minutes", type=float, default=10.0)
+    so.add_argument("--warmup-minutes", type=float, default=1.0, help="growth is measured after this")
+    so.add_argument("--interval", type=float, default=15.0, help="seconds between memory samples")
+    so.add_argument("--settings", default="configs/demo.yaml")
+    so.add_argument("--out", default="runs/soak")
+    so.set_defaults(func=handler)
+
 
 def main(args) -> None:
     if args.bench == "f2pad":
@@ -78,6 +86,10 @@ def main(args) -> None:
         from inspectd.eval.screening_bench import run_screening_bench
 
         run_screening_bench(args)
+    elif args.bench == "soak":
+        from inspectd.eval.soak_bench import run_soak_bench
+
+        run_soak_bench(args)
 
 
 def machine() -> str:
