@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -100,6 +101,7 @@ def run_soak_bench(args) -> dict:
                 p.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 p.kill()
+        shutil.rmtree(spool, ignore_errors=True)  # the spool of a benchmark is throwaway
     warmup_s = min(args.warmup_minutes * 60, args.minutes * 30)
     result = {"minutes": args.minutes, "warmup_minutes": warmup_s / 60, "counters": counters,
               "rss": {name: growth(s, warmup_s) for name, s in samples.items()}, "samples": samples}
