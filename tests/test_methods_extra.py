@@ -115,3 +115,20 @@ def test_f2pad_refines_each_method(extra, name):
     assert out.stats["status"] == "refined" and out.stats["iterations"] > 0
     assert out.mask.shape == truth.shape and out.mask.dtype == bool
     assert out.mask[truth].mean() > 0.5 and out.mask[~truth].mean() < 0.1
+
+
+def test_cfa_refine_scorer_matches_the_full_score_at_the_start(extra, normals):
+    """CFA's F2PAD loss searches the memory once: at the initial features its candidate-set score
+    equals the full score, and it stays differentiable in the features."""
+    method = extra["cfa"]
+    image, _ = paste_square(normals[0], 30, 40, 16)
+    with torch.no_grad():
+        feats = method.features(to_tensor(image))
+        full = method.score_features_at(feats, (1, 2))[0]
+    cells = torch.zeros(full.shape, dtype=torch.bool)
+    cells[2:9, 3:10] = True
+    scorer = method.refine_scorer(feats, (1, 2), cells)
+    assert torch.allclose(scorer(feats), full[cells], rtol=1e-4, atol=1e-6)
+    moving = feats.clone().requires_grad_(True)
+    scorer(moving).sum().backward()
+    assert torch.isfinite(moving.grad).all() and moving.grad.abs().sum() > 0

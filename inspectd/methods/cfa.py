@@ -122,6 +122,24 @@ class Cfa(AnomalyMethod):
     def score_features(self, feats: torch.Tensor) -> torch.Tensor:
         return self.score_features_at(feats, (0, 0))
 
+    def refine_scorer(self, feats0: torch.Tensor, offset: tuple[int, int], cells: torch.Tensor, k: int = 10):
+        """As PatchCore's F2PAD loss (eq. 5): the memory search runs once, on the initial
+        estimate; each iteration then scores against those k candidates per cell only, which
+        keeps an iteration cheap whatever the memory size."""
+        _, c, h, w = feats0.shape
+        flat_cells = cells.flatten().nonzero()[:, 0]
+        coords = self.coords(offset, h, w, feats0.device)[flat_cells]
+        described0 = self.describe(feats0.flatten(2)[0][:, flat_cells].T, coords)
+        _, idx = chunked_nearest(described0, self.memory_bank, self.config.score_chunk, max(k, self.config.attract))
+        candidates = self.memory_bank[idx]  # (L,k,D)
+
+        def scorer(feats: torch.Tensor) -> torch.Tensor:
+            described = self.describe(feats.flatten(2)[0][:, flat_cells].T, coords)
+            d2 = ((described[:, None, :] - candidates) ** 2).sum(-1)
+            return softmin_score(d2.topk(self.config.attract, dim=1, largest=False).values)
+
+        return scorer
+
     def _fit(self, batches, n_images: int) -> None:
         progress = shows_progress(batches)
         cache = cache_features(self.features, batches)
