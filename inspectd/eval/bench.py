@@ -44,6 +44,7 @@ def add_bench_parser(sub, handler) -> None:
     f.add_argument("--data", required=True, help="MVTec-layout folder")
     f.add_argument("--methods", default="patchcore,padim")
     f.add_argument("--n-test", type=int, default=54)
+    f.add_argument("--size", type=int, default=256, help="images are resized to this (the paper: 256)")
     f.add_argument("--n-val", type=int, default=18)
     f.add_argument("--seed", type=int, default=0, help="test-set seed (the validation set uses seed+1)")
     f.add_argument("--shots", type=int, default=0, help="fit on this many normal images (paper's few-shot: 16)")
@@ -149,7 +150,7 @@ def summarise_runs(truth, runs) -> dict:
 
 
 def run_method(name, fit_images, test, val, real, settings, args, out_dir) -> dict:
-    method = create_method(name)
+    method = create_method(name, {"image_size": args.size})
     t0 = time.perf_counter()
     method.fit(fit_images, progress=False)
     fit_seconds = time.perf_counter() - t0
@@ -268,22 +269,27 @@ def run_f2pad_bench(args) -> dict:
         else "inspectd bench f2pad " + f"--data {data} --methods {args.methods}"
     print(f"command: {command}\nmachine: {machine()}", flush=True)
     settings = F2PADSettings.from_dict(load_settings(args.settings, args.set))
-    size = 256
+    size = args.size
     fit_images, test, val = build_protocol(data, size, args.n_test, args.n_val, args.seed, args.shots)
     real = None
     if not args.no_real:
         full = load_test(data, size, progress=False)
         real = full.subset(np.nonzero(full.labels)[0])
     out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
     rows = {}
     for name in [m.strip() for m in args.methods.split(",") if m.strip()]:
         rows[name] = run_method(name, fit_images, test, val, real, settings, args, out_dir)
-        print(f"{name}: done (fit {rows[name]['fit_seconds']} s)", flush=True)
+        print(f"{name}: done (fit {rows[name]['fit_seconds']} s)\n{format_tables({name: rows[name]})}", flush=True)
+        record = write_record(out_dir, command, fit_images, settings, rows)  # a long run keeps what it has
     print(format_tables(rows))
+    print(f"written: {out_dir / 'results.json'} and overlays in {out_dir}/<method>/")
+    return record
+
+
+def write_record(out_dir: Path, command: str, fit_images, settings, rows: dict) -> dict:
     record = {"command": command, "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M"),
               "n_fit": len(fit_images), "settings": settings.to_dict(), "results": rows,
               "peak_memory_gb": peak_memory_gb()}
-    out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").write_text(json.dumps(record, indent=2, default=float))
-    print(f"written: {out_dir / 'results.json'} and overlays in {out_dir}/<method>/")
     return record
