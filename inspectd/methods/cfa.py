@@ -24,7 +24,7 @@ from inspectd.features.backbone import BackboneConfig
 from inspectd.methods import register_method
 from inspectd.methods.base import AnomalyMethod, MethodConfig
 from inspectd.methods.padim import concat_layers
-from inspectd.methods.patchcore import chunked_nearest
+from inspectd.methods.patchcore import candidate_sets, chunked_nearest
 from inspectd.methods.training import cache_features, shows_progress, standardisation, step_count, training_steps
 
 
@@ -130,8 +130,7 @@ class Cfa(AnomalyMethod):
         flat_cells = cells.flatten().nonzero()[:, 0]
         coords = self.coords(offset, h, w, feats0.device)[flat_cells]
         described0 = self.describe(feats0.flatten(2)[0][:, flat_cells].T, coords)
-        _, idx = chunked_nearest(described0, self.memory_bank, self.config.score_chunk, max(k, self.config.attract))
-        candidates = self.memory_bank[idx]  # (L,k,D)
+        candidates = candidate_sets(described0, self.memory_bank, self.config.score_chunk, max(k, self.config.attract))
 
         def scorer(feats: torch.Tensor) -> torch.Tensor:
             described = self.describe(feats.flatten(2)[0][:, flat_cells].T, coords)

@@ -90,6 +90,13 @@ def chunked_nearest(query: torch.Tensor, bank: torch.Tensor, chunk: int, k: int 
     return exact, best_i
 
 
+def candidate_sets(query: torch.Tensor, bank: torch.Tensor, chunk: int, k: int) -> torch.Tensor:
+    """(Q,C) -> (Q,k,C): each query's k nearest bank rows. F2PAD searches once, on its initial
+    estimate, then scores every iteration against these candidates only (paper eq. 5)."""
+    _, idx = chunked_nearest(query, bank, chunk, k)
+    return bank[idx]
+
+
 @register_method
 class PatchCore(AnomalyMethod):
     name = "patchcore"
@@ -121,8 +128,7 @@ class PatchCore(AnomalyMethod):
         loss then takes the distance to the nearest of those k candidates per scored cell."""
         flat_cells = cells.flatten().nonzero()[:, 0]
         query = feats0.flatten(2)[0][:, flat_cells].T.contiguous()  # (L,C)
-        _, idx = chunked_nearest(query, self.memory_bank, self.config.score_chunk, k)
-        candidates = self.memory_bank[idx]  # (L,k,C)
+        candidates = candidate_sets(query, self.memory_bank, self.config.score_chunk, k)
 
         def scorer(feats: torch.Tensor) -> torch.Tensor:
             f = feats.flatten(2)[0][:, flat_cells].T[:, None, :]
