@@ -19,3 +19,13 @@ def test_bench_f2pad_writes_tables_overlays_and_results(tmp_path, capsys):
     assert row["n_test"] == 3 and 0 <= row["coarse"]["iou"] <= 100 and 0 <= row["f2pad"]["iou"] <= 100
     assert set(row["ablations"]) >= {"initialisation only", "full F2PAD"} and row["real"]["n"] == 2
     assert len(list((out / "padim").glob("overlay_*.png"))) == 2
+
+
+def test_tuning_grid_is_every_combination_of_the_tuned_settings():
+    from argparse import Namespace
+
+    from inspectd.eval.bench import tuning_grid
+
+    grid = tuning_grid(Namespace(tune="0.1,0.3", tune_size_power="1,0", tune_inpaint="telea"))
+    assert len(grid) == 4 and {"lam": 0.3, "size_power": 0.0, "inpaint": "telea"} in grid
+    assert tuning_grid(Namespace(tune="0.1", tune_size_power="", tune_inpaint="")) == [{"lam": 0.1}]

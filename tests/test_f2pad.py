@@ -207,3 +207,24 @@ def test_bad_inputs_are_clear_errors(fitted, normals, prior):
         F2PADSettings.from_dict({"neighbourhood": 4})
     with pytest.raises(ConfigError, match="unknown setting"):
         F2PADSettings.from_dict({"lambda": 1})
+
+
+def test_size_power_sets_how_the_sparsity_weight_follows_the_coarse_area(fitted, defect_case, prior):
+    image, truth, amap = defect_case
+    thr = coarse_threshold(amap, truth)
+    area = int((amap > thr).sum())
+    base = F2PADSettings(threshold=thr, max_iters=3, min_iters=1, lam=0.2, ref_area=500.0)
+    paper = refine(image, fitted["padim"], amap, prior, base)
+    flat = refine(image, fitted["padim"], amap, prior, base.replace(size_power=0.0))
+    assert math.isclose(paper.stats["lam1"], 0.2 * 500.0 / area, rel_tol=1e-6)
+    assert math.isclose(flat.stats["lam1"], 0.2, rel_tol=1e-6)
+
+
+def test_nearest_inpainting_starts_from_the_closest_reference(fitted, defect_case, normals, prior):
+    image, truth, amap = defect_case
+    thr = coarse_threshold(amap, truth)
+    s = F2PADSettings(threshold=thr, inpaint="nearest", max_iters=3, min_iters=1)
+    out = refine(image, fitted["padim"], amap, prior, s, references=np.stack(normals))
+    assert out.stats["status"] == "refined"
+    with pytest.raises(InspectdError, match="reference"):
+        refine(image, fitted["padim"], amap, prior, s)

@@ -58,9 +58,13 @@ def add_bench_parser(sub, handler) -> None:
     f.add_argument("--out", default="runs/bench-f2pad")
     f.add_argument("--settings", help="YAML file of F2PAD settings (see configs/f2pad.yaml)")
     f.add_argument("--set", action="append", metavar="KEY=VALUE", help="F2PAD setting, e.g. lam=0.5")
-    f.add_argument("--tune", default="0.03,0.1,0.3,1.0",
+    f.add_argument("--tune", default="0.03,0.1,0.3",
                    help="lam values tried on the validation set (the paper grid-searches it per category); '' = no tuning")
-    f.add_argument("--tune-images", type=int, default=10, help="validation images used for tuning lam")
+    f.add_argument("--tune-size-power", default="1,0",
+                   help="size_power values tried with each lam (1 = the paper's lam/size, 0 = no size scaling)")
+    f.add_argument("--tune-inpaint", default="telea,nearest",
+                   help="initialisations tried (nearest = pixels of the closest fit image, for aligned parts)")
+    f.add_argument("--tune-images", type=int, default=10, help="validation images used for tuning")
     f.set_defaults(func=handler)
 
     sc = bsub.add_parser("screening", help="frames/s and latency of ONNX Runtime vs eager torch, same model, same run")
@@ -133,10 +137,10 @@ def seg(masks, pred) -> dict:
     return metrics.segmentation_scores(masks, pred)
 
 
-def refine_all(images, maps, method, prior, settings, desc):
+def refine_all(images, maps, method, prior, settings, desc, references=None):
     results = []
     for img, amap in tqdm(list(zip(images, maps)), desc=desc, unit="img", leave=False):
-        results.append(refine(img, method, amap, prior, settings))
+        results.append(refine(img, method, amap, prior, settings, references))
     return results
 
 
@@ -158,43 +162,46 @@ def run_method(name, fit_images, test, val, real, settings, args, out_dir) -> di
     val_maps, _ = method.predict(val[0])
     threshold, _ = metrics.f1_optimal_threshold(val[1], val_maps)
     s = settings.replace(threshold=float(threshold))
+    refs = fit_images  # for inpaint=nearest: normal images the method was fitted on
     tuning = {}
     if args.tune and not getattr(args, "real_only", False):
-        s, tuning = tune_lam(method, prior, val[0][: args.tune_images], val[1][: args.tune_images],
-                             val_maps[: args.tune_images], s, [float(v) for v in args.tune.split(",")])
+        s, tuning = tune(method, prior, val[0][: args.tune_images], val[1][: args.tune_images],
+                         val_maps[: args.tune_images], s, tuning_grid(args), refs)
+    chosen = {"lam": s.lam, "size_power": s.size_power, "inpaint": s.inpaint}
     if getattr(args, "real_only", False):
-        return {"fit_seconds": round(fit_seconds, 1), "lam": s.lam, "real": run_real(name, method, prior, s, real)}
+        return {"fit_seconds": round(fit_seconds, 1), **chosen, "real": run_real(name, method, prior, s, real, refs)}
     test_images, test_masks = test
     if args.limit:
         test_images, test_masks = test_images[: args.limit], test_masks[: args.limit]
     maps, _ = method.predict(test_images)
     oracle_thr, _ = metrics.f1_optimal_threshold(test_masks, maps)
-    runs = refine_all(test_images, maps, method, prior, s, f"{name}: F2PAD")
+    runs = refine_all(test_images, maps, method, prior, s, f"{name}: F2PAD", refs)
     row = {"fit_seconds": round(fit_seconds, 1), "threshold": float(threshold), "n_test": len(test_images),
-           "lam": s.lam, "tuning_iou_by_lam": tuning,
+           **chosen, "tuning_iou": tuning,
            "coarse": seg(test_masks, maps > threshold),
            "coarse_oracle_threshold": seg(test_masks, maps > oracle_thr),
            "f2pad": summarise_runs(test_masks, runs), "ablations": {}}
     k = min(args.ablation_images, len(test_images))
     if k > 0:
-        row["ablations"] = run_ablations(test_images[:k], test_masks[:k], maps[:k], runs[:k], method, prior, s, name)
+        row["ablations"] = run_ablations(test_images[:k], test_masks[:k], maps[:k], runs[:k], method, prior, s,
+                                         name, refs)
     if real is not None:
-        row["real"] = run_real(name, method, prior, s, real)
+        row["real"] = run_real(name, method, prior, s, real, refs)
     write_overlays(out_dir / name, test_images, test_masks, maps > threshold, runs, args.overlays)
     return row
 
 
-def run_ablations(images, masks, maps, runs, method, prior, s, name) -> dict:
+def run_ablations(images, masks, maps, runs, method, prior, s, name, refs) -> dict:
     """Table III on the given test images: the full runs' own initialisation, then each ablation."""
     out = {"initialisation only": seg(masks, np.stack([r.init_mask for r in runs])),
            "full F2PAD": seg(masks, np.stack([r.mask for r in runs]))}
     for label, change in ABLATIONS.items():
-        abl = refine_all(images, maps, method, prior, s.replace(**change), f"{name}: {label}")
+        abl = refine_all(images, maps, method, prior, s.replace(**change), f"{name}: {label}", refs)
         out[label] = seg(masks, np.stack([r.mask for r in abl]))
     return out
 
 
-def run_real(name, method, prior, settings, real) -> dict:
+def run_real(name, method, prior, settings, real, refs) -> dict:
     """Real defects with 2-fold thresholds: each half is thresholded at the F1-optimal value of
     the other half, so no image's own truth sets its threshold. (The cut-paste validation
     threshold is far too high for subtle real defects, so it is reported but not used here.)"""
@@ -204,21 +211,36 @@ def run_real(name, method, prior, settings, real) -> dict:
     for k, fold in enumerate(folds):
         thresholds[fold] = metrics.f1_optimal_threshold(real.masks[folds[1 - k]], maps[folds[1 - k]])[0]
     coarse = maps > thresholds[:, None, None]
-    runs = [refine(img, method, amap, prior, settings.replace(threshold=float(t)))
+    runs = [refine(img, method, amap, prior, settings.replace(threshold=float(t)), refs)
             for img, amap, t in tqdm(list(zip(real.images, maps, thresholds)), desc=f"{name}: real defects", leave=False)]
     return {"coarse": seg(real.masks, coarse), "f2pad": summarise_runs(real.masks, runs), "n": len(real),
             "thresholds": "2-fold F1-optimal", "coarse_at_cutpaste_threshold": seg(real.masks, maps > settings.threshold)}
 
 
-def tune_lam(method, prior, images, masks, maps, settings, values):
-    """Pick the sparsity weight with the best mean IOU on validation images (never the test set)."""
+def tuning_grid(args) -> list[dict]:
+    """Every combination of the --tune* values (each list may be empty: that setting stays)."""
+    def values(text, cast):
+        return [cast(v) for v in text.split(",") if v.strip()] if text else []
+
+    grid = [{}]
+    for key, text, cast in (("lam", args.tune, float), ("size_power", args.tune_size_power, float),
+                            ("inpaint", args.tune_inpaint, str.strip)):
+        options = values(text, cast)
+        if options:
+            grid = [{**g, key: v} for g in grid for v in options]
+    return grid
+
+
+def tune(method, prior, images, masks, maps, settings, grid, refs):
+    """Pick the settings with the best mean IOU on validation images (never the test set)."""
     scores = {}
-    for lam in values:
-        runs = refine_all(images, maps, method, prior, settings.replace(lam=lam), f"{method.name}: tune lam={lam}")
-        scores[lam] = seg(masks, np.stack([r.mask for r in runs]))["iou"]
-    best = max(scores, key=scores.get)
-    print(f"{method.name}: validation IOU by lam {scores} -> lam={best}", flush=True)
-    return settings.replace(lam=best), scores
+    for change in grid:
+        label = ",".join(f"{k}={v}" for k, v in change.items())
+        runs = refine_all(images, maps, method, prior, settings.replace(**change), f"{method.name}: tune {label}", refs)
+        scores[label] = seg(masks, np.stack([r.mask for r in runs]))["iou"]
+    best = max(range(len(grid)), key=lambda i: list(scores.values())[i])
+    print(f"{method.name}: validation IOU by setting {scores} -> {grid[best]}", flush=True)
+    return settings.replace(**grid[best]), scores
 
 
 def write_overlays(folder: Path, images, truths, coarse, runs, n) -> None:
@@ -233,8 +255,9 @@ def write_overlays(folder: Path, images, truths, coarse, runs, n) -> None:
 
 
 def format_tables(rows: dict) -> str:
-    lines = ["Table I - cut-paste test set: IOU / DICE (x100); lam per method chosen on the validation set: "
-             + ", ".join(f"{n} {r['lam']}" for n, r in rows.items()),
+    lines = ["Table I - cut-paste test set: IOU / DICE (x100); settings chosen on the validation set: "
+             + "; ".join(f"{n} lam={r['lam']} size_power={r['size_power']} inpaint={r['inpaint']}"
+                         for n, r in rows.items()),
              f"{'method':<11}{'coarse':>15}{'coarse*':>15}{'F2PAD':>15}{'gain IOU':>10}{'s med':>8}{'s p90':>8}{'it med':>8}"]
     for name, r in rows.items():
         if "coarse" not in r:

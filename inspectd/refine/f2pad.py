@@ -223,7 +223,7 @@ def refine(image: np.ndarray, method, coarse_map: np.ndarray, prior: PixelPrior 
     init_crop = to_t(init[y0:y1, x0:x1]).permute(2, 0, 1).contiguous()
     roi_crop = to_t(roi[y0:y1, x0:x1])
     cells = loss_cells(roi[y0:y1, x0:x1], s.loss_margin_px, stride, crop.shape[-2:], device)
-    lam1 = s.lam * s.ref_area / max(int(coarse.sum()), 1)  # the paper's size-scaled sparsity weight
+    lam1 = s.lam * (s.ref_area / max(int(coarse.sum()), 1)) ** s.size_power  # the paper's size-scaled weight
     problem = Problem(method, crop, roi_crop, init_crop, (y0 // stride, x0 // stride), cells, float(threshold),
                       prior, s, lam1)
     weights = (sharing_weights(crop, roi_crop, s.neighbourhood, s.sigma_spatial, s.sigma_colour)

@@ -12,6 +12,7 @@ class F2PADSettings:
     # objective (eq. 12): L(X_N) + lam1 * LOG(A) + lam2 * MOG(X_N) + lam3 * TV(X_N)
     lam: float = 0.3  # sparsity weight before scaling by the anomaly size: lam1 = lam * ref_area / area
     ref_area: float = 1000.0  # pixels; makes lam O(1) for typical defects
+    size_power: float = 1.0  # lam1 = lam * (ref_area / area) ** size_power; 1 = the paper's 1/size
     eps: float = 0.02  # LOG penalty scale (eq. 8)
     lam2: float = 0.002  # mixture-of-Gaussians pixel prior (eq. 10); 0 disables
     lam3: float = 0.05  # vectorial total variation (eq. 11)
