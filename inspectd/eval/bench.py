@@ -238,9 +238,9 @@ def tune(method, prior, images, masks, maps, settings, grid, refs):
         label = ",".join(f"{k}={v}" for k, v in change.items())
         runs = refine_all(images, maps, method, prior, settings.replace(**change), f"{method.name}: tune {label}", refs)
         scores[label] = seg(masks, np.stack([r.mask for r in runs]))["iou"]
-    best = max(range(len(grid)), key=lambda i: list(scores.values())[i])
-    print(f"{method.name}: validation IOU by setting {scores} -> {grid[best]}", flush=True)
-    return settings.replace(**grid[best]), scores
+    best = grid[int(np.argmax(list(scores.values())))]  # dicts keep the grid's order
+    print(f"{method.name}: validation IOU by setting {scores} -> {best}", flush=True)
+    return settings.replace(**best), scores
 
 
 def write_overlays(folder: Path, images, truths, coarse, runs, n) -> None:
