@@ -228,3 +228,32 @@ def test_nearest_inpainting_starts_from_the_closest_reference(fitted, defect_cas
     assert out.stats["status"] == "refined"
     with pytest.raises(InspectdError, match="reference"):
         refine(image, fitted["padim"], amap, prior, s)
+
+
+def test_anomaly_mask_thresholds_then_closes_and_fills():
+    from inspectd.refine.f2pad import anomaly_mask
+
+    anomaly = np.zeros((40, 40, 3), np.float32)
+    anomaly[10:30, 10:30] = 0.3  # a solid square defect ...
+    anomaly[18:22, 18:22] = 0.0  # ... with a gap inside where X_N came back to X
+    anomaly[12:28, 14] = 0.0  # and a one-pixel crack
+    plain = anomaly_mask(anomaly, tau=0.1)
+    assert np.array_equal(plain, np.linalg.norm(anomaly, axis=2) > 0.1)
+    closed = anomaly_mask(anomaly, tau=0.1, close_px=1)
+    assert not plain[12:28, 14].any() and closed[12:28, 14].all()  # the crack is joined ...
+    assert not closed[19, 19]  # ... the 4x4 gap is not
+    filled = anomaly_mask(anomaly, tau=0.1, close_px=1, fill_holes=True)
+    assert filled[10:30, 10:30].all() and filled.sum() == 400  # nothing grows outside the defect
+    assert not anomaly_mask(anomaly, tau=0.6, close_px=3, fill_holes=True).any()  # ||A|| = 0.52
+    with pytest.raises(ConfigError, match="close_px"):
+        F2PADSettings(close_px=-1).validate()
+
+
+def test_refine_applies_the_mask_settings_to_its_anomaly(fitted, defect_case, prior):
+    from inspectd.refine.f2pad import anomaly_mask
+
+    image, truth, amap = defect_case
+    s = F2PADSettings(threshold=coarse_threshold(amap, truth), max_iters=5, min_iters=1, close_px=2,
+                      fill_holes=True)
+    out = refine(image, fitted["padim"], amap, prior, s)
+    assert np.array_equal(out.mask, anomaly_mask(out.anomaly, s.tau, 2, True))

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
+from scipy import ndimage
 import torch
 import torch.nn.functional as F
 from timm.optim import Adan
@@ -64,6 +65,17 @@ def disk(radius: int) -> np.ndarray:
 
 def dilate(mask: np.ndarray, radius: int) -> np.ndarray:
     return cv2.dilate(mask.astype(np.uint8), disk(radius)) > 0 if radius > 0 else mask.copy()
+
+
+def anomaly_mask(anomaly: np.ndarray, tau: float, close_px: int = 0, fill_holes: bool = False) -> np.ndarray:
+    """The defect mask from A (H,W,3): ||A_ij|| > tau (eq. 2), optionally closed and hole-filled.
+    Pure post-processing: the bench tunes tau, close_px and fill_holes without re-solving."""
+    mask = np.linalg.norm(anomaly, axis=2) > tau
+    if close_px > 0 and mask.any():
+        mask = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_CLOSE, disk(close_px)) > 0
+    if fill_holes:
+        mask = ndimage.binary_fill_holes(mask)
+    return mask
 
 
 def inpaint(image: np.ndarray, mask: np.ndarray, how: str, references: np.ndarray | None) -> np.ndarray:
@@ -236,9 +248,7 @@ def refine(image: np.ndarray, method, coarse_map: np.ndarray, prior: PixelPrior 
         z = reestimate(problem, z, in_mask, s, weights, stats)
     normal = image.copy()
     normal[y0:y1, x0:x1] = problem.assemble(z).permute(1, 2, 0).cpu().numpy()
-    mask = np.zeros((h, w), bool)
-    mask[y0:y1, x0:x1] = (roi_crop.flatten().clone().index_put_((problem.flat_index,), in_mask)
-                          .view(roi_crop.shape).cpu().numpy())
+    mask = anomaly_mask(image - normal, s.tau, s.close_px, s.fill_holes)
     return finished(image, normal, coarse, init_mask, mask, s, stats, started, "refined")
 
 

@@ -37,6 +37,11 @@ class F2PADSettings:
     max_roi_fraction: float = 0.6  # beyond this share of the image the coarse mask is returned as is
     # output
     tau: float = 0.1  # mask = ||A_ij|| > tau (eq. 2)
+    # The paper's mask is ||A_ij|| > tau alone. Subtle real defects leave A small in parts of the
+    # defect, so that mask comes out speckled; an operator wants the defect's outline, so the
+    # speckles can be joined (closing) and enclosed gaps filled. 0 / False = the paper's mask.
+    close_px: int = 0  # radius of a morphological closing of the mask
+    fill_holes: bool = False  # fill regions enclosed by the mask
     reestimate: bool = False  # solve again with lam1 = 0 inside the mask for a clean X_N
     reestimate_iters: int = 60
     device: str = "auto"  # auto | cpu | cuda
@@ -65,6 +70,8 @@ class F2PADSettings:
             raise ConfigError(f"F2PAD: inpaint must be telea, ns or nearest, got {self.inpaint!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"F2PAD: device must be auto, cpu or cuda, got {self.device!r}")
+        if self.close_px < 0:
+            raise ConfigError(f"F2PAD: close_px must be >= 0, got {self.close_px}")
         for name in ("eps", "lr", "clip", "tau"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"F2PAD: {name} must be > 0")
