@@ -29,7 +29,9 @@ from inspectd.eval import metrics
 from inspectd.eval.calibrate import peak_memory_gb
 from inspectd.methods import create_method
 from inspectd.refine import F2PADSettings, PixelPrior, refine
+from inspectd.refine.f2pad import anomaly_mask
 
+TUNED = ("lam", "size_power", "inpaint", "tau", "close_px", "fill_holes")
 ABLATIONS = {
     "without pixel prior": {"lam2": 0.0},
     "without sparsity": {"lam": 0.0},
@@ -64,6 +66,12 @@ def add_bench_parser(sub, handler) -> None:
                    help="size_power values tried with each lam (1 = the paper's lam/size, 0 = no size scaling)")
     f.add_argument("--tune-inpaint", default="telea,nearest",
                    help="initialisations tried (nearest = pixels of the closest fit image, for aligned parts)")
+    f.add_argument("--tune-tau", default="0.03,0.05,0.07,0.1",
+                   help="mask thresholds tau tried (post-processing: no re-solve per value)")
+    f.add_argument("--tune-close", default="0,2,4", help="mask closing radii tried (close_px)")
+    f.add_argument("--tune-fill", default="false,true", help="fill_holes values tried")
+    f.add_argument("--tune-real", default="0.003,0.01,0.03",
+                   help="lam values tried on the real defects (2-fold: each half uses the other half's best)")
     f.add_argument("--tune-images", type=int, default=10, help="validation images used for tuning")
     f.set_defaults(func=handler)
 
@@ -144,10 +152,11 @@ def refine_all(images, maps, method, prior, settings, desc, references=None):
     return results
 
 
-def summarise_runs(truth, runs) -> dict:
+def summarise_runs(truth, runs, masks=None) -> dict:
     seconds = np.array([r.stats["seconds"] for r in runs])
     iters = np.array([r.stats["iterations"] for r in runs])
-    return {**seg(truth, np.stack([r.mask for r in runs])),
+    masks = np.stack([r.mask for r in runs]) if masks is None else masks
+    return {**seg(truth, masks),
             "init": seg(truth, np.stack([r.init_mask for r in runs])),
             "seconds_median": float(np.median(seconds)), "seconds_p90": float(np.percentile(seconds, 90)),
             "iterations_median": float(np.median(iters)), "iterations_p90": float(np.percentile(iters, 90))}
@@ -166,10 +175,12 @@ def run_method(name, fit_images, test, val, real, settings, args, out_dir) -> di
     tuning = {}
     if args.tune and not getattr(args, "real_only", False):
         s, tuning = tune(method, prior, val[0][: args.tune_images], val[1][: args.tune_images],
-                         val_maps[: args.tune_images], s, tuning_grid(args), refs)
-    chosen = {"lam": s.lam, "size_power": s.size_power, "inpaint": s.inpaint}
+                         val_maps[: args.tune_images], s, tuning_grid(args), refs, mask_grid(args))
+    chosen = {k: getattr(s, k) for k in TUNED}
+    real_grid = _product([("lam", _values(getattr(args, "tune_real", ""), float))])
     if getattr(args, "real_only", False):
-        return {"fit_seconds": round(fit_seconds, 1), **chosen, "real": run_real(name, method, prior, s, real, refs)}
+        return {"fit_seconds": round(fit_seconds, 1), **chosen,
+                "real": run_real(name, method, prior, s, real, refs, real_grid, mask_grid(args))}
     test_images, test_masks = test
     if args.limit:
         test_images, test_masks = test_images[: args.limit], test_masks[: args.limit]
@@ -186,7 +197,7 @@ def run_method(name, fit_images, test, val, real, settings, args, out_dir) -> di
         row["ablations"] = run_ablations(test_images[:k], test_masks[:k], maps[:k], runs[:k], method, prior, s,
                                          name, refs)
     if real is not None:
-        row["real"] = run_real(name, method, prior, s, real, refs)
+        row["real"] = run_real(name, method, prior, s, real, refs, real_grid, mask_grid(args))
     write_overlays(out_dir / name, test_images, test_masks, maps > threshold, runs, args.overlays)
     return row
 
@@ -201,46 +212,106 @@ def run_ablations(images, masks, maps, runs, method, prior, s, name, refs) -> di
     return out
 
 
-def run_real(name, method, prior, settings, real, refs) -> dict:
-    """Real defects with 2-fold thresholds: each half is thresholded at the F1-optimal value of
-    the other half, so no image's own truth sets its threshold. (The cut-paste validation
-    threshold is far too high for subtle real defects, so it is reported but not used here.)"""
+def run_real(name, method, prior, settings, real, refs, grid=None, grid_masks=None) -> dict:
+    """Real defects, 2-fold throughout: each half is thresholded at the F1-optimal coarse
+    threshold of the other half, and refined with the F2PAD settings (from `grid` x
+    `grid_masks`) that score best on the other half, so no image's own truth picks anything.
+    (The cut-paste validation set favours a strong sparsity weight that erases subtle real
+    defects, which is why real defects get settings chosen on real defects.)"""
     maps, _ = method.predict(real.images)
     folds = [np.arange(len(real)) % 2 == k for k in (0, 1)]
     thresholds = np.empty(len(real))
     for k, fold in enumerate(folds):
         thresholds[fold] = metrics.f1_optimal_threshold(real.masks[folds[1 - k]], maps[folds[1 - k]])[0]
     coarse = maps > thresholds[:, None, None]
-    runs = [refine(img, method, amap, prior, settings.replace(threshold=float(t)), refs)
-            for img, amap, t in tqdm(list(zip(real.images, maps, thresholds)), desc=f"{name}: real defects", leave=False)]
-    return {"coarse": seg(real.masks, coarse), "f2pad": summarise_runs(real.masks, runs), "n": len(real),
-            "thresholds": "2-fold F1-optimal", "coarse_at_cutpaste_threshold": seg(real.masks, maps > settings.threshold)}
+    runs_by_solver = {}
+    for change in grid or [{}]:
+        s = settings.replace(**change)
+        runs_by_solver[label_of(change)] = (change, [
+            refine(img, method, amap, prior, s.replace(threshold=float(t)), refs)
+            for img, amap, t in tqdm(list(zip(real.images, maps, thresholds)),
+                                     desc=f"{name}: real defects {label_of(change)}", leave=False)])
+    masks = np.zeros_like(real.masks)
+    chosen_runs = [None] * len(real)
+    choices = []
+    for k, fold in enumerate(folds):
+        scores = score_grid(runs_by_solver, real.masks, settings, grid_masks or [{}], select=folds[1 - k])
+        key = max(scores, key=lambda c: scores[c][0])
+        change, runs = runs_by_solver[key[0]]
+        idx = np.nonzero(fold)[0]
+        masks[idx] = masks_of([runs[i] for i in idx], settings, scores[key][1])
+        for i in idx:
+            chosen_runs[i] = runs[i]
+        choices.append({"settings": scores[key][1], "other_half_iou": round(scores[key][0], 2)})
+    return {"coarse": seg(real.masks, coarse), "f2pad": summarise_runs(real.masks, chosen_runs, masks),
+            "n": len(real), "thresholds": "2-fold F1-optimal", "settings_by_fold": choices,
+            "coarse_at_cutpaste_threshold": seg(real.masks, maps > settings.threshold)}
 
 
-def tuning_grid(args) -> list[dict]:
-    """Every combination of the --tune* values (each list may be empty: that setting stays)."""
-    def values(text, cast):
-        return [cast(v) for v in text.split(",") if v.strip()] if text else []
+def _values(text, cast) -> list:
+    return [cast(v.strip()) for v in text.split(",") if v.strip()] if text else []
 
+
+def _flag(text: str) -> bool:
+    if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+        raise ValueError(f"expected true or false, got {text!r}")
+    return text.lower() in ("true", "1", "yes")
+
+
+def _product(options: list[tuple[str, list]]) -> list[dict]:
     grid = [{}]
-    for key, text, cast in (("lam", args.tune, float), ("size_power", args.tune_size_power, float),
-                            ("inpaint", args.tune_inpaint, str.strip)):
-        options = values(text, cast)
-        if options:
-            grid = [{**g, key: v} for g in grid for v in options]
+    for key, values in options:
+        if values:
+            grid = [{**g, key: v} for g in grid for v in values]
     return grid
 
 
-def tune(method, prior, images, masks, maps, settings, grid, refs):
-    """Pick the settings with the best mean IOU on validation images (never the test set)."""
+def tuning_grid(args) -> list[dict]:
+    """Every combination of the solver settings tried (--tune, --tune-size-power, --tune-inpaint;
+    an empty list leaves that setting as it is). Each entry costs one F2PAD run per image."""
+    return _product([("lam", _values(args.tune, float)), ("size_power", _values(args.tune_size_power, float)),
+                     ("inpaint", _values(args.tune_inpaint, str))])
+
+
+def mask_grid(args) -> list[dict]:
+    """Every combination of the mask settings tried (tau, close_px, fill_holes): these only
+    post-process A, so they are scored on the same runs at no extra solving cost."""
+    return _product([("tau", _values(getattr(args, "tune_tau", ""), float)),
+                     ("close_px", _values(getattr(args, "tune_close", ""), int)),
+                     ("fill_holes", _values(getattr(args, "tune_fill", ""), _flag))])
+
+
+def masks_of(runs, settings: F2PADSettings, change: dict) -> np.ndarray:
+    """The runs' masks under other mask settings (tau, close_px, fill_holes)."""
+    s = {k: change.get(k, getattr(settings, k)) for k in ("tau", "close_px", "fill_holes")}
+    return np.stack([anomaly_mask(r.anomaly, **s) for r in runs])
+
+
+def label_of(change: dict) -> str:
+    return ",".join(f"{k}={v}" for k, v in change.items())
+
+
+def score_grid(runs_by_solver: dict, masks: np.ndarray, settings, grid_masks, select=slice(None)) -> dict:
+    """Mean IOU of every (solver, mask) combination on the images `select`."""
     scores = {}
-    for change in grid:
-        label = ",".join(f"{k}={v}" for k, v in change.items())
-        runs = refine_all(images, maps, method, prior, settings.replace(**change), f"{method.name}: tune {label}", refs)
-        scores[label] = seg(masks, np.stack([r.mask for r in runs]))["iou"]
-    best = grid[int(np.argmax(list(scores.values())))]  # dicts keep the grid's order
-    print(f"{method.name}: validation IOU by setting {scores} -> {best}", flush=True)
-    return settings.replace(**best), scores
+    for key, (change, runs) in runs_by_solver.items():
+        chosen = [runs[i] for i in np.arange(len(runs))[select]]
+        for m in grid_masks:
+            scores[(key, label_of(m))] = (seg(masks[select], masks_of(chosen, settings, m))["iou"], {**change, **m})
+    return scores
+
+
+def tune(method, prior, images, masks, maps, settings, grid, refs, grid_masks=None):
+    """Pick the settings with the best mean IOU on validation images (never the test set)."""
+    runs_by_solver = {label_of(c): (c, refine_all(images, maps, method, prior, settings.replace(**c),
+                                                  f"{method.name}: tune {label_of(c)}", refs)) for c in grid}
+    scores = score_grid(runs_by_solver, masks, settings, grid_masks or [{}])
+    best_key = max(scores, key=lambda k: scores[k][0])  # first best in grid order
+    best = scores[best_key][1]
+    by_label = {f"{a}|{b}" if b else a: round(v[0], 2) for (a, b), v in scores.items()}
+    print(f"{method.name}: validation IOU {scores[best_key][0]:.1f} with {best} "
+          f"(of {len(scores)} settings)", flush=True)
+    return settings.replace(**best), by_label
 
 
 def write_overlays(folder: Path, images, truths, coarse, runs, n) -> None:
@@ -256,8 +327,7 @@ def write_overlays(folder: Path, images, truths, coarse, runs, n) -> None:
 
 def format_tables(rows: dict) -> str:
     lines = ["Table I - cut-paste test set: IOU / DICE (x100); settings chosen on the validation set: "
-             + "; ".join(f"{n} lam={r['lam']} size_power={r['size_power']} inpaint={r['inpaint']}"
-                         for n, r in rows.items()),
+             + "; ".join(f"{n} " + " ".join(f"{k}={r[k]}" for k in TUNED if k in r) for n, r in rows.items()),
              f"{'method':<11}{'coarse':>15}{'coarse*':>15}{'F2PAD':>15}{'gain IOU':>10}{'s med':>8}{'s p90':>8}{'it med':>8}"]
     for name, r in rows.items():
         if "coarse" not in r:
@@ -275,12 +345,16 @@ def format_tables(rows: dict) -> str:
             lines.append(f"{name:<11}{label:<32}{v['iou']:>7.1f}/{v['dice']:<7.1f}")
     if any("real" in r for r in rows.values()):
         lines.append("")
-        lines.append("Real defects (DIR/test), thresholds 2-fold F1-optimal: IOU / DICE")
+        lines.append("Real defects (DIR/test), coarse thresholds and F2PAD settings 2-fold (each half uses the "
+                     "other half's best): IOU / DICE")
         for name, r in rows.items():
             if "real" in r:
                 c, f = r["real"]["coarse"], r["real"]["f2pad"]
                 lines.append(f"{name:<11}coarse {c['iou']:.1f}/{c['dice']:.1f}  F2PAD {f['iou']:.1f}/{f['dice']:.1f}"
                              f"  ({r['real']['n']} images, median {f['seconds_median']:.2f} s)")
+                for k, choice in enumerate(r["real"].get("settings_by_fold", [])):
+                    lines.append(f"{'':<11}half {k}: {label_of(choice['settings'])} "
+                                 f"(IOU {choice['other_half_iou']:.1f} on the other half)")
     return "\n".join(lines)
 
 
