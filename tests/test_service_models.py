@@ -47,6 +47,16 @@ def test_refiner_returns_a_mask_on_the_defect(demo_settings):
     assert (mask & truth).sum() / max((mask | truth).sum(), 1) > 0.5
 
 
+def test_refiner_uses_the_line_s_f2pad_settings(demo_settings):
+    build_screener(demo_settings)
+    f2pad = {"max_iters": 2, "min_iters": 1, "inpaint": "nearest"}  # nearest: the bundle's reference images
+    settings = demo_settings.model_copy(update={"refiner": demo_settings.refiner.model_copy(update={"f2pad": f2pad})})
+    part = texture_crops(n=1, size=64, seed=43)[0]
+    defective, _ = paste_square(part, 18, 22, 14)
+    _, _, stats = build_refiner(settings).refine(defective, {"frame_id": "t"})
+    assert 1 <= stats["iterations"] <= 2
+
+
 def test_missing_bundle_outside_the_demo_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("INSPECTD_CAPTURE__SOURCE", "folder")
     monkeypatch.setenv("INSPECTD_CAPTURE__URI", str(tmp_path))

@@ -56,6 +56,8 @@ def write(tmp_path: Path, text: str) -> Path:
     ("transport:\n  frames_bind: 127.0.0.1:5555\n", "transport.frames_bind"),
     ("capture:\n  source: folder\n", "capture"),
     ("transport:\n  curve:\n    secret_key: k.key_secret\n", "transport.curve"),
+    ("refiner:\n  f2pad:\n    lambda: 0.1\n", "refiner.f2pad"),  # unknown F2PAD key
+    ("refiner:\n  f2pad:\n    close_px: -2\n", "refiner.f2pad"),
 ])
 def test_bad_values_name_the_file_and_the_field(tmp_path, text, field):
     path = write(tmp_path, text)
@@ -77,3 +79,8 @@ def test_unreadable_files(tmp_path, text, expected):
         load_settings(write(tmp_path, text))
     with pytest.raises(ConfigError, match="cannot read settings file"):
         load_settings(tmp_path / "missing.yaml")
+
+
+def test_refiner_f2pad_settings_reach_the_settings(tmp_path):
+    settings = load_settings(write(tmp_path, "refiner:\n  f2pad:\n    lam: 0.01\n    fill_holes: true\n"))
+    assert settings.refiner.f2pad == {"lam": 0.01, "fill_holes": True}

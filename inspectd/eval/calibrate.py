@@ -8,6 +8,7 @@ threshold (the screening decision). No test image and no test mask is looked at.
 
 from __future__ import annotations
 
+import io
 import json
 import resource
 import time
@@ -22,6 +23,8 @@ from inspectd.methods import create_method
 from inspectd.refine.prior import PRIOR_FILE, PixelPrior
 
 FIT_INFO_FILE = "fit.json"
+REFERENCES_FILE = "references.npz"
+MAX_REFERENCES = 32  # normal images kept for F2PAD's inpaint=nearest (~2 MB of PNG-like uint8 at 256 px)
 
 
 def peak_memory_gb() -> float:
@@ -87,8 +90,27 @@ def fit_and_calibrate(method_name: str, data: str | Path, out: str | Path, setti
     info = {"method": method_name, "data": str(data), "n_fit": int(len(fit_idx)), "n_holdout": int(len(hold_idx)),
             "fit_seconds": round(fit_seconds, 2), "peak_memory_gb": round(peak_memory_gb(), 3),
             "calibration": calibration, "seed": seed}
-    method.save(out, extra={PRIOR_FILE: prior.to_bytes(), FIT_INFO_FILE: json.dumps(info, indent=2).encode()})
+    method.save(out, extra={PRIOR_FILE: prior.to_bytes(), FIT_INFO_FILE: json.dumps(info, indent=2).encode(),
+                            REFERENCES_FILE: references_bytes(train[fit_idx])})
     return {"bundle": str(out), **info}
+
+
+def references_bytes(normals: np.ndarray, limit: int = MAX_REFERENCES) -> bytes:
+    """Up to `limit` fit images, evenly spread, as uint8: F2PAD's inpaint=nearest starts X_N from
+    the one closest to the frame outside the defect."""
+    pick = np.unique(np.linspace(0, len(normals) - 1, min(limit, len(normals))).round().astype(int))
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, images=(np.clip(normals[pick], 0, 1) * 255 + 0.5).astype(np.uint8))
+    return buffer.getvalue()
+
+
+def load_references(bundle_dir: str | Path) -> np.ndarray | None:
+    """(N,H,W,3) float32 normal images of a bundle, or None for a bundle written without them."""
+    path = Path(bundle_dir) / REFERENCES_FILE
+    if not path.is_file():
+        return None
+    with np.load(path) as data:
+        return data["images"].astype(np.float32) / 255.0
 
 
 def load_prior(bundle_dir: str | Path) -> PixelPrior | None:

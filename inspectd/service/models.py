@@ -69,13 +69,17 @@ def build_screener(settings: Settings) -> Screening:
 
 
 def build_refiner(settings: Settings) -> Refinement:
-    from inspectd.eval.calibrate import load_prior
+    from inspectd.eval.calibrate import load_prior, load_references
     from inspectd.refine import F2PADSettings, refine
 
     bundle = resolve_bundle(settings, settings.refiner.model, "refiner")
     method = load_method(bundle)
     prior = load_prior(bundle)
-    f2pad = F2PADSettings(device=settings.refiner.device)
+    f2pad = F2PADSettings.from_dict({**settings.refiner.f2pad, "device": settings.refiner.device})
+    references = load_references(bundle)
+    if f2pad.inpaint == "nearest" and references is None:
+        raise InspectdError(f"{bundle}: refiner.f2pad.inpaint=nearest needs the bundle's reference images "
+                            "(references.npz, written by `inspectd fit`); refit, or use telea")
     device = torch.device("cuda" if settings.refiner.device != "cpu" and torch.cuda.is_available() else "cpu")
     pixel_threshold = method.thresholds.get("pixel", float("inf"))
     image_threshold = settings.screening.threshold or method.thresholds.get("image", pixel_threshold)
@@ -89,7 +93,7 @@ def build_refiner(settings: Settings) -> Refinement:
         # Screening flagged this frame because its map peak passed the image threshold; if no
         # pixel passes the (separately calibrated) pixel threshold, start from the image one.
         threshold = pixel_threshold if coarse.max() > pixel_threshold else min(pixel_threshold, image_threshold)
-        result = refine(image, method, coarse, prior, f2pad.replace(threshold=threshold))
+        result = refine(image, method, coarse, prior, f2pad.replace(threshold=threshold), references)
         stats = {"seconds": result.stats["seconds"], "iterations": result.stats["iterations"], "device": str(device)}
         return result.mask, coarse, stats
 

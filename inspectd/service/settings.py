@@ -67,6 +67,22 @@ class RefinerSettings(Section):
     model: Path | None = None  # bundle directory with the torch state for F2PAD
     device: Device = "auto"
     min_area_px: int = Field(4, ge=1)  # smaller connected regions are not reported as defects
+    # F2PAD settings (inspectd/refine/settings.py: lam, tau, close_px, ...) chosen for this line,
+    # e.g. with `inspectd bench f2pad`; unset keys keep the library defaults
+    f2pad: dict = Field(default_factory=dict)
+
+    @field_validator("f2pad")
+    @classmethod
+    def _known_f2pad_settings(cls, value: dict) -> dict:
+        from inspectd.refine.settings import F2PADSettings
+
+        if "device" in value or "threshold" in value:
+            raise ValueError("set the device with refiner.device; the threshold comes from the bundle")
+        try:
+            F2PADSettings.from_dict(value)
+        except (ConfigError, TypeError) as exc:
+            raise ValueError(str(exc)) from None
+        return value
 
 
 class CurveSettings(Section):
