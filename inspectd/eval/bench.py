@@ -254,7 +254,9 @@ def _values(text, cast) -> list:
 
 def _flag(text: str) -> bool:
     if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
-        raise ValueError(f"expected true or false, got {text!r}")
+        from inspectd.errors import ConfigError
+
+        raise ConfigError(f"--tune-fill: expected true or false, got {text!r}")
     return text.lower() in ("true", "1", "yes")
 
 
