@@ -30,7 +30,9 @@ from inspectd.methods.training import cache_features, shows_progress, standardis
 
 @dataclass
 class CfaConfig(MethodConfig):
-    backbone: BackboneConfig = field(default_factory=lambda: BackboneConfig(layers=[2, 3]))
+    # the first three stages, as CFA's reference uses ResNet's layer1-3: the stride-4 grid is the
+    # memory's resolution (Lite0 layers 2+3 alone: pixel AUROC 0.972 on bottle, 1-3: 0.980)
+    backbone: BackboneConfig = field(default_factory=lambda: BackboneConfig(layers=[1, 2, 3]))
     neighbourhood: int = 3  # local average of the backbone maps before the descriptor, as CFA does
     descriptor_ratio: int = 1  # gamma_d: descriptor width = backbone channels // ratio
     bank_ratio: int = 1  # gamma_c: memory size = grid cells // ratio (k-means when > 1)
