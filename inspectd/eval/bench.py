@@ -26,10 +26,11 @@ from inspectd.data.images import list_images, read_image, write_image
 from inspectd.data.mvtec import load_test, load_train
 from inspectd.data.synth import DefectSynthesizer, SynthConfig, load_mask_sources
 from inspectd.eval import metrics
+from inspectd.errors import ConfigError
 from inspectd.eval.calibrate import peak_memory_gb
 from inspectd.methods import create_method
 from inspectd.refine import F2PADSettings, PixelPrior, refine
-from inspectd.refine.f2pad import anomaly_mask
+from inspectd.refine.f2pad import mask_from_magnitude
 
 TUNED = ("lam", "size_power", "inpaint", "tau", "close_px", "fill_holes")
 ABLATIONS = {
@@ -254,8 +255,6 @@ def _values(text, cast) -> list:
 
 def _flag(text: str) -> bool:
     if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
-        from inspectd.errors import ConfigError
-
         raise ConfigError(f"--tune-fill: expected true or false, got {text!r}")
     return text.lower() in ("true", "1", "yes")
 
@@ -286,7 +285,7 @@ def mask_grid(args) -> list[dict]:
 def masks_of(runs, settings: F2PADSettings, change: dict) -> np.ndarray:
     """The runs' masks under other mask settings (tau, close_px, fill_holes)."""
     s = {k: change.get(k, getattr(settings, k)) for k in ("tau", "close_px", "fill_holes")}
-    return np.stack([anomaly_mask(r.anomaly, **s) for r in runs])
+    return np.stack([mask_from_magnitude(r.anomaly_magnitude, **s) for r in runs])
 
 
 def label_of(change: dict) -> str:

@@ -10,6 +10,7 @@ feature locations near that region, which is what makes one image take seconds, 
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import time
 from dataclasses import dataclass, field
@@ -38,6 +39,11 @@ class RefineResult:
     coarse_mask: np.ndarray  # (H,W) bool: the thresholded coarse map F2PAD started from
     init_mask: np.ndarray  # (H,W) bool: ||X - X_N^0|| > tau, the initialisation alone
     stats: dict = field(default_factory=dict)
+
+    @functools.cached_property
+    def anomaly_magnitude(self) -> np.ndarray:
+        """(H,W) ||A_ij||, what every mask setting thresholds."""
+        return np.linalg.norm(self.anomaly, axis=2)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -70,7 +76,12 @@ def dilate(mask: np.ndarray, radius: int) -> np.ndarray:
 def anomaly_mask(anomaly: np.ndarray, tau: float, close_px: int = 0, fill_holes: bool = False) -> np.ndarray:
     """The defect mask from A (H,W,3): ||A_ij|| > tau (eq. 2), optionally closed and hole-filled.
     Pure post-processing: the bench tunes tau, close_px and fill_holes without re-solving."""
-    mask = np.linalg.norm(anomaly, axis=2) > tau
+    return mask_from_magnitude(np.linalg.norm(anomaly, axis=2), tau, close_px, fill_holes)
+
+
+def mask_from_magnitude(magnitude: np.ndarray, tau: float, close_px: int = 0, fill_holes: bool = False) -> np.ndarray:
+    """anomaly_mask for a precomputed ||A|| (H,W), so trying many settings computes it once."""
+    mask = magnitude > tau
     if close_px > 0 and mask.any():
         mask = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_CLOSE, disk(close_px)) > 0
     if fill_holes:
