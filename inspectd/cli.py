@@ -55,14 +55,23 @@ def merge(base: dict, over: dict) -> dict:
 
 
 def cmd_fit(args) -> None:
-    from inspectd.eval.calibrate import fit_and_calibrate
+    from inspectd.bundle import fit_bundle
 
-    summary = fit_and_calibrate(args.method, args.data, args.out, load_settings(args.settings, args.set),
-                                holdout=args.holdout, seed=args.seed)
+    if args.defects_n is not None and not args.defects:
+        raise InspectdError("--defects-n needs --defects DIR (an MVTec-layout folder with labelled defects)")
+    summary = fit_bundle(args.method, args.data, args.out, load_settings(args.settings, args.set),
+                         holdout=args.holdout, seed=args.seed, defects=args.defects,
+                         n_defects=(3 if args.defects_n is None else args.defects_n) if args.defects else 0)
     print(json.dumps(summary, indent=2))
 
 
 def cmd_eval(args) -> None:
+    if args.deployed:
+        from inspectd.eval.deployed import evaluate_deployed
+
+        evaluate_deployed(args.model, args.data, out=args.out, limit=args.limit, overlays=args.overlays,
+                          device=args.device)
+        return
     from inspectd.eval.runner import evaluate_bundle
 
     evaluate_bundle(args.model, args.data, out=args.out, threshold=args.threshold)
@@ -108,8 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="bundle directory, e.g. models/bottle-padim")
     p.add_argument("--settings", help="YAML file of method settings (see configs/)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="method setting, e.g. coreset_ratio=0.05")
-    p.add_argument("--holdout", type=float, default=0.1,
-                   help="fraction of train/good kept out of fitting to calibrate thresholds on synthetic defects")
+    p.add_argument("--holdout", type=float, default=0.2,
+                   help="fraction of train/good kept out of fitting: the chain's thresholds and F2PAD settings are "
+                        "calibrated on it (and on realistic synthetic defects pasted on it)")
+    p.add_argument("--defects", help="MVTec-layout folder with a few labelled real defects (test/<type>/ + "
+                                     "ground_truth/) that join the calibration")
+    p.add_argument("--defects-n", type=int, default=None,
+                   help="how many (default 3) of --defects' defective images to use (a seeded pick; the bundle records which, "
+                        "and `eval --deployed` leaves them out)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_fit)
 
@@ -118,7 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True)
     p.add_argument("--out", help="JSON result file (default runs/eval-<model>-<data>.json)")
     p.add_argument("--threshold", choices=["f1", "bundle"], default="f1",
-                   help="mask threshold for IOU/DICE: F1-optimal on this data, or the bundle's calibrated one")
+                   help="mask threshold for IOU/DICE: F1-optimal on this data (oracle), or the bundle's calibrated one")
+    p.add_argument("--deployed", action="store_true",
+                   help="the daemon's own chain (screen, decide, coarse mask, F2PAD, defects) on every test image, "
+                        "thresholds and settings from the bundle only: the headline numbers")
+    p.add_argument("--limit", type=int, default=0, help="--deployed: only the first N test images (quick look)")
+    p.add_argument("--overlays", type=int, default=8, help="--deployed: overlay PNGs to write (0 = none)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="--deployed: torch device")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("export", help="write the bundle's ONNX screening graph (image -> anomaly map, score)")

@@ -1,26 +1,23 @@
 """`inspectd demo`: the whole inspection chain on an embedded synthetic production line.
 
 Parts are cut from a texture that ships with scikit-image; cut-paste defects are injected at
-a set rate with their truth masks kept. A method is fitted on defect-free parts (thresholds
-calibrated on synthetic defects of held-out parts), every frame is screened, and flagged
-frames are refined by F2PAD and measured. Each published defect is printed with its
+a set rate with their truth masks kept. A method is fitted on defect-free parts (the chain calibrated on
+held-out parts), and every frame goes through the deployed chain (deploy.Inspector): screened,
+and when flagged refined by F2PAD, judged and measured. Each published defect is printed with its
 geometry and, because the truth is known, the IOU of the coarse and refined masks.
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
 
 from inspectd.data.synth import DefectSynthesizer, SynthConfig
 from inspectd.data.textures import texture_parts
-from inspectd.eval.calibrate import fit_and_calibrate, load_prior
-from inspectd.eval.metrics import iou
-from inspectd.geometry import measure_defects
-from inspectd.methods import load_method
-from inspectd.refine import F2PADSettings, refine
+from inspectd.bundle.demo import fit_demo_bundle
+from inspectd.deploy import Inspector
+from inspectd.geometry import iou
 
 
 def add_demo_parser(sub, handler) -> None:
@@ -38,13 +35,9 @@ def add_demo_parser(sub, handler) -> None:
 
 def ensure_model(args) -> Path:
     bundle = Path(args.model or f"models/demo-{args.texture}-{args.method}")
-    if (bundle / "manifest.json").is_file():
-        return bundle
-    print(f"fitting {args.method} on {args.train} defect-free {args.texture} parts -> {bundle}")
-    normals = texture_parts(args.texture, args.train, args.size, seed=args.seed)
-    fit_and_calibrate(args.method, f"<{args.texture} parts>", bundle, {"image_size": args.size},
-                      holdout=0.2, seed=args.seed, progress=False, train=normals)
-    return bundle
+    if not (bundle / "manifest.json").is_file():
+        print(f"fitting {args.method} on {args.train} defect-free {args.texture} parts -> {bundle}")
+    return fit_demo_bundle(bundle, args.texture, args.size, args.train, args.seed, args.method, export=False)
 
 
 def frame_stream(args):
@@ -63,44 +56,42 @@ def frame_stream(args):
 
 
 def run_demo(args) -> dict:
-    method = load_method(ensure_model(args))
-    prior = load_prior(method.bundle_dir)
-    settings = F2PADSettings()
-    image_thr = method.thresholds["image"]
-    counts = {"frames": 0, "flagged": 0, "defective": 0, "caught": 0, "false_alarms": 0}
-    coarse_ious, refined_ious, refine_seconds, screen_seconds = [], [], [], []
-    print(f"model {method.model_id}: image threshold {image_thr:.3f}, pixel threshold {method.thresholds['pixel']:.3f}")
+    inspector = Inspector.from_bundle(ensure_model(args))
+    chain = inspector.settings
+    counts = {"frames": 0, "flagged": 0, "defective": 0, "caught": 0, "false_alarms": 0, "cleared": 0}
+    coarse_ious, refined_ious, refine_seconds = [], [], []
+    print(f"model {inspector.model_id}: screen threshold {chain.screen_threshold:.3f}, "
+          f"pixel threshold {chain.pixel_threshold:.3f}, min defect area {chain.min_defect_area_px} px")
     for frame_id, image, truth in frame_stream(args):
         if frame_id >= args.frames:
             break
-        started = time.perf_counter()
-        maps, scores = method.predict(image[None])
-        screen_seconds.append(time.perf_counter() - started)
+        inspection = inspector.inspect(image)
         counts["frames"] += 1
         counts["defective"] += int(truth.any())
-        if scores[0] <= image_thr:
+        if not inspection.flagged:
             continue
         counts["flagged"] += 1
-        result = refine(image, method, maps[0], prior, settings)
-        refine_seconds.append(result.stats["seconds"])
-        defects = measure_defects(result.mask, maps[0], min_area_px=4)
+        refine_seconds.append(inspection.refine_seconds)
         if truth.any():
-            counts["caught"] += 1
-            coarse_ious.append(iou(result.coarse_mask, truth))
-            refined_ious.append(iou(result.mask, truth))
+            counts["caught"] += int(inspection.decision == "defect")
+            coarse_ious.append(iou(inspection.coarse_mask, truth))
+            refined_ious.append(iou(inspection.mask, truth))
             verdict = f"IOU coarse {coarse_ious[-1]:.2f} -> F2PAD {refined_ious[-1]:.2f}"
-        else:
+        elif inspection.decision == "defect":
             counts["false_alarms"] += 1
             verdict = "no injected defect (false alarm)"
-        print(f"frame {frame_id:4d} score {scores[0]:7.3f} | {len(defects)} defect(s) | {verdict} | "
-              f"{result.stats['seconds']:.1f} s, {result.stats['iterations']} it")
-        for d in defects[:3]:
+        else:
+            counts["cleared"] += 1
+            verdict = "no injected defect: cleared by F2PAD"
+        print(f"frame {frame_id:4d} score {inspection.score:7.3f} | {inspection.decision} | "
+              f"{len(inspection.defects)} defect(s) | {verdict} | "
+              f"{inspection.refine_seconds:.1f} s, {inspection.stats['iterations']} it")
+        for d in inspection.defects[:3]:
             print(f"           area {d['area_px']:5d} px  bbox {d['bbox']}  centroid {d['centroid']}  "
                   f"orientation {d['orientation_deg']:6.1f} deg  axes {d['major_axis_px']:.1f} x {d['minor_axis_px']:.1f}")
     summary = {**counts, "missed": counts["defective"] - counts["caught"],
                "mean_iou_coarse": float(np.mean(coarse_ious)) if coarse_ious else None,
                "mean_iou_f2pad": float(np.mean(refined_ious)) if refined_ious else None,
-               "screen_ms_median": 1000 * float(np.median(screen_seconds)) if screen_seconds else None,
                "refine_s_median": float(np.median(refine_seconds)) if refine_seconds else None}
     print("summary: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items()))
     return summary

@@ -49,3 +49,17 @@ def _to_x_axis_degrees(orientation_rad: float) -> float:
     angle = math.degrees(orientation_rad) + 90.0
     angle = (angle + 90.0) % 180.0 - 90.0  # into [-90, 90)
     return 90.0 if angle == -90.0 else angle
+
+
+def iou(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Intersection over union of two masks of one image; two empty masks agree perfectly (1.0)."""
+    pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
+    union = np.count_nonzero(pred | truth)
+    return 1.0 if union == 0 else np.count_nonzero(pred & truth) / union
+
+
+def dice(pred: np.ndarray, truth: np.ndarray) -> float:
+    """DICE (pixel F1) of two masks of one image; two empty masks agree perfectly (1.0)."""
+    pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
+    total = np.count_nonzero(pred) + np.count_nonzero(truth)
+    return 1.0 if total == 0 else 2 * np.count_nonzero(pred & truth) / total

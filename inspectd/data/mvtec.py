@@ -88,3 +88,14 @@ def load_test(root: str | Path, size: int, progress: bool = True) -> TestSet:
     if not images:
         raise InspectdError(f"{test_dir}: no test images")
     return TestSet(np.stack(images), np.stack(masks), np.array(labels), kinds, paths)
+
+
+def load_defects(root: str | Path, size: int, n: int, seed: int = 0) -> TestSet:
+    """`n` labelled real defects (a seeded pick among the defective test images of an
+    MVTec-layout folder): the few-shot defects a line may have for calibration."""
+    test = load_test(root, size, progress=False)
+    defective = np.nonzero(test.labels)[0]
+    if n > len(defective):
+        raise InspectdError(f"{root}: asked for {n} labelled defects, the folder has {len(defective)}")
+    pick = np.sort(np.random.default_rng(seed).permutation(defective)[:n])
+    return test.subset(pick)

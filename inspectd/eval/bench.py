@@ -27,7 +27,7 @@ from inspectd.data.mvtec import load_test, load_train
 from inspectd.data.synth import DefectSynthesizer, SynthConfig, load_mask_sources
 from inspectd.eval import metrics
 from inspectd.errors import ConfigError
-from inspectd.eval.calibrate import peak_memory_gb
+from inspectd.bundle.fit import peak_memory_gb
 from inspectd.methods import create_method
 from inspectd.refine import F2PADSettings, PixelPrior, refine
 from inspectd.refine.f2pad import mask_from_magnitude

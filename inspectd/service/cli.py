@@ -80,7 +80,8 @@ def cmd_refine(args, build_refiner: BuildRefiner) -> None:
     settings = settings_for(args)
     refinement = build_refiner(settings)
     summary = run_refiner(settings, refinement.refine, threading.Event(), model_id=refinement.model_id,
-                          image_size=refinement.image_size, reload=lambda: build_refiner(settings_for(args)))
+                          image_size=refinement.image_size, min_area_px=refinement.min_area_px,
+                          reload=lambda: build_refiner(settings_for(args)))
     print(f"refine: {summary}")
 
 
@@ -93,7 +94,7 @@ def cmd_run(args, build_screener: BuildScreener, build_refiner: BuildRefiner, ou
     refiner = threading.Thread(target=run_refiner, name="refiner", daemon=True,
                                args=(refiner_settings, refinement.refine, stop),
                                kwargs={"model_id": refinement.model_id, "image_size": refinement.image_size,
-                                       "metrics": metrics})
+                                       "min_area_px": refinement.min_area_px, "metrics": metrics})
     refiner.start()
     printed, ready = [], threading.Event()
     printer = threading.Thread(target=print_results, name="watch", daemon=True,

@@ -1,46 +1,37 @@
-"""The real models behind the daemon: ONNX Runtime screening and the F2PAD refiner.
+"""The real models behind the daemon: ONNX Runtime screening and the deployed chain's refiner.
 
 `build_screener` and `build_refiner` turn settings into the plain callables the capture and
-refiner loops take; both are called again on SIGHUP to reload the bundle. On the demo line a
-missing bundle is fitted on defect-free parts and exported first, so the default
-configuration runs on a fresh machine.
+refiner loops take; both are called again on SIGHUP to reload the bundle. Both read their
+thresholds and F2PAD settings from the bundle's calibration (deploy.ChainSettings), with the
+line's YAML on top. On the demo line a missing bundle is fitted on defect-free parts first, so
+the default configuration runs on a fresh machine.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from pathlib import Path
 
 import numpy as np
-import torch
 
+from inspectd.bundle import export_to_bundle, load_calibration
+from inspectd.bundle.demo import fit_demo_bundle
+from inspectd.deploy import ChainSettings, Inspector
 from inspectd.errors import BundleError, InspectdError
 from inspectd.methods import load_method
-from inspectd.methods.export import ONNX_FILE, OnnxScreener, export_to_bundle
+from inspectd.methods.base import read_bundle_config
+from inspectd.methods.export import ONNX_FILE, OnnxScreener
 from inspectd.service.capture_process import Screening
 from inspectd.service.refiner_process import Refinement
 from inspectd.service.settings import Settings
 
 log = logging.getLogger(__name__)
-_demo_lock = threading.Lock()  # `inspectd run` builds both sides in one process
 
 
 def ensure_demo_bundle(settings: Settings, bundle: Path) -> None:
     """Fit and export the demo line's model when the configured bundle does not exist yet."""
-    from inspectd.data.textures import texture_parts
-    from inspectd.eval.calibrate import fit_and_calibrate
-
-    with _demo_lock:
-        if (bundle / ONNX_FILE).is_file():
-            return
-        demo = settings.capture.demo
-        size = settings.capture.size
-        log.info("demo line: fitting %s on defect-free %s parts (first run only)", bundle, demo.texture)
-        normals = texture_parts(demo.texture, 40, size, seed=demo.seed + 7)
-        fit_and_calibrate("patchcore", f"<{demo.texture} parts>", bundle, {"image_size": size}, holdout=0.2,
-                          seed=demo.seed, progress=False, train=normals)
-        export_to_bundle(load_method(bundle), bundle)
+    demo = settings.capture.demo
+    fit_demo_bundle(bundle, demo.texture, settings.capture.size, seed=demo.seed)
 
 
 def resolve_bundle(settings: Settings, path: Path | None, role: str) -> Path:
@@ -54,49 +45,36 @@ def resolve_bundle(settings: Settings, path: Path | None, role: str) -> Path:
     return bundle
 
 
+def screen_threshold(settings: Settings, bundle: Path) -> float:
+    """The chain's screening threshold: the line's screening.threshold, else the bundle's."""
+    if settings.screening.threshold is not None:
+        return float(settings.screening.threshold)
+    _, cfg = read_bundle_config(bundle)
+    chain = ChainSettings.from_calibration(load_calibration(bundle), cfg.get("thresholds", {}))
+    return chain.screen_threshold
+
+
 def build_screener(settings: Settings) -> Screening:
     bundle = resolve_bundle(settings, settings.screening.model, "screening")
     if not (bundle / ONNX_FILE).is_file():
         export_to_bundle(load_method(bundle), bundle)
     screener = OnnxScreener(bundle, device=settings.screening.device)
-    threshold = settings.screening.threshold
-    if threshold is None:
-        threshold = screener.thresholds.get("image")
-    if threshold is None:
-        raise InspectdError(f"{bundle}: no calibrated image threshold; set screening.threshold")
+    threshold = screen_threshold(settings, bundle)
     log.info("screening with %s on %s, threshold %.4f", bundle.name, screener.provider, threshold)
-    return Screening(screen=screener, threshold=float(threshold), model_id=screener.model_id)
+    return Screening(screen=screener, threshold=threshold, model_id=screener.model_id)
 
 
 def build_refiner(settings: Settings) -> Refinement:
-    from inspectd.eval.calibrate import load_prior, load_references
-    from inspectd.refine import F2PADSettings, refine
-
     bundle = resolve_bundle(settings, settings.refiner.model, "refiner")
-    method = load_method(bundle)
-    prior = load_prior(bundle)
-    f2pad = F2PADSettings.from_dict({**settings.refiner.f2pad, "device": settings.refiner.device})
-    references = load_references(bundle)
-    if f2pad.inpaint == "nearest" and references is None:
-        raise InspectdError(f"{bundle}: refiner.f2pad.inpaint=nearest needs the bundle's reference images "
-                            "(references.npz, written by `inspectd fit`); refit, or use telea")
-    device = torch.device("cuda" if settings.refiner.device != "cpu" and torch.cuda.is_available() else "cpu")
-    pixel_threshold = method.thresholds.get("pixel", float("inf"))
-    image_threshold = settings.screening.threshold or method.thresholds.get("image", pixel_threshold)
-    method.to(device)
+    inspector = Inspector.from_bundle(bundle, device=settings.refiner.device,
+                                      screen_threshold=settings.screening.threshold,
+                                      min_defect_area_px=settings.refiner.min_area_px, f2pad=settings.refiner.f2pad)
 
     def refine_frame(image: np.ndarray, header: dict) -> tuple[np.ndarray, np.ndarray, dict]:
-        # the coarse map is recomputed here: only its summary travels with the frame
-        with torch.no_grad():
-            x = torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1)[None]
-            coarse = method.anomaly_map(x)[0].cpu().numpy()
-        # Screening flagged this frame because its map peak passed the image threshold; if no
-        # pixel passes the (separately calibrated) pixel threshold, start from the image one.
-        threshold = pixel_threshold if coarse.max() > pixel_threshold else min(pixel_threshold, image_threshold)
-        result = refine(image, method, coarse, prior, f2pad.replace(threshold=threshold), references)
-        stats = {"seconds": result.stats["seconds"], "iterations": result.stats["iterations"], "device": str(device)}
-        return result.mask, coarse, stats
+        inspection = inspector.refine(image, score=header.get("score"))
+        return inspection.mask, inspection.coarse_map, inspection.stats
 
-    size = method.config.image_size
-    log.info("refining with %s (F2PAD) on %s", bundle.name, device)
-    return Refinement(refine=refine_frame, model_id=getattr(method, "model_id", bundle.name), image_size=(size, size))
+    size = inspector.image_size
+    log.info("refining with %s (F2PAD) on %s: %s", bundle.name, inspector.device, inspector.settings)
+    return Refinement(refine=refine_frame, model_id=inspector.model_id, image_size=(size, size),
+                      min_area_px=inspector.settings.min_defect_area_px)

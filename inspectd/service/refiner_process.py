@@ -20,7 +20,7 @@ import numpy as np
 import zmq
 
 from inspectd.errors import InspectdError
-from inspectd.geometry import measure_defects
+from inspectd.deploy.inspector import MIN_DEFECT_AREA_PX, judge
 from inspectd.service.lifecycle import reload_model, signal_handlers
 from inspectd.service.messages import MESSAGE_ERROR_KINDS, MessageError, encode_result, parse_frame
 from inspectd.service.metrics import ServiceMetrics
@@ -40,6 +40,7 @@ class Refinement:
     refine: RefineFn
     model_id: str = "unknown"
     image_size: tuple[int, int] | None = None  # (H, W); other sizes are rejected as wrong_size
+    min_area_px: int | None = None  # the chain's smallest defect (None: settings.refiner.min_area_px)
 
 
 class RefinerLoop:
@@ -79,12 +80,13 @@ class RefinerLoop:
         seconds = time.perf_counter() - started
         self.metrics.refinement_latency.observe(seconds)
         px_per_mm = header.get("px_per_mm") or self.settings.px_per_mm
-        defects = measure_defects(mask, score_map, px_per_mm, self.settings.refiner.min_area_px)
+        min_area = self.refinement.min_area_px or self.settings.refiner.min_area_px or MIN_DEFECT_AREA_PX
+        decision, defects, mask = judge(mask, score_map, min_area, px_per_mm)
         result = {
             "frame_id": header["frame_id"], "camera": header["camera"],
             "timestamps": {"captured": header["captured_at"], "screened": header["screened_at"],
                            "refined": time.time()},
-            "image_score": header["score"], "decision": "error" if error else ("defect" if defects else "ok"),
+            "image_score": header["score"], "decision": "error" if error else decision,
             "defects": defects,
             "refinement": {"seconds": round(float(stats.get("seconds", seconds)), 4),
                            "iterations": int(stats.get("iterations", 0)), "device": str(stats.get("device", ""))},
@@ -116,7 +118,8 @@ def check_outputs(mask, score_map, shape: tuple[int, int]) -> tuple[np.ndarray, 
 
 
 def run_refiner(settings: Settings, refine: RefineFn, stop_event: threading.Event, *, model_id: str = "unknown",
-                image_size: tuple[int, int] | None = None, reload: Callable[[], Refinement] | None = None,
+                image_size: tuple[int, int] | None = None, min_area_px: int | None = None,
+                reload: Callable[[], Refinement] | None = None,
                 reload_event: threading.Event | None = None, metrics: ServiceMetrics | None = None,
                 notifier: Notifier | None = None) -> dict:
     """Serve until stop_event (SIGTERM/SIGINT in the main thread); returns counts."""
@@ -135,7 +138,7 @@ def run_refiner(settings: Settings, refine: RefineFn, stop_event: threading.Even
     stop_event.wait(settings.transport.pub_grace_s)
     pull = transport.frames_pull()
     reconnector = Reconnector(pull)
-    loop = RefinerLoop(settings, Refinement(refine, model_id, image_size), metrics, pub)
+    loop = RefinerLoop(settings, Refinement(refine, model_id, image_size, min_area_px), metrics, pub)
     serving = settings.metrics.port is not None  # else the caller serves (or not) its metrics
     if serving:
         metrics.serve(settings.metrics.host, settings.metrics.port)

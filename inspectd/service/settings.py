@@ -66,9 +66,10 @@ class ScreeningSettings(Section):
 class RefinerSettings(Section):
     model: Path | None = None  # bundle directory with the torch state for F2PAD
     device: Device = "auto"
-    min_area_px: int = Field(4, ge=1)  # smaller connected regions are not reported as defects
-    # F2PAD settings (inspectd/refine/settings.py: lam, tau, close_px, ...) chosen for this line,
-    # e.g. with `inspectd bench f2pad`; unset keys keep the library defaults
+    # smaller connected regions are not reported as defects; None: the bundle's calibrated value
+    min_area_px: int | None = Field(None, ge=1)
+    # F2PAD settings (inspectd/refine/settings.py: lam, tau, close_px, ...) that override the
+    # bundle's calibrated ones for this line; unset keys keep the bundle's
     f2pad: dict = Field(default_factory=dict)
 
     @field_validator("f2pad")

@@ -1,0 +1,177 @@
+"""Calibrating the inspection chain at fit time, from normal images (plus optional labelled defects).
+
+What a line has is normal parts. Every threshold and setting the chain uses is chosen here and
+saved in the bundle (calibration.json), so `inspectd fit` alone gives a deployable model:
+
+- screen / pixel threshold: a false-alarm budget on held-out normal images. Screening is for
+  recall, so the threshold sits at the top of the normal scores (by default 2 % of normal frames
+  pass it) instead of where strong synthetic defects would put it; the refiner clears what passes.
+- inpaint: the initialisation that reconstructs held-out normal pixels best under random masks
+  (aligned parts favour the nearest normal image, textures favour classical inpainting).
+- ROI dilation: one feature stride, the distance over which a feature cell mixes pixels.
+- lam, tau, close_px, fill_holes: the F2PAD settings with the best mean IOU on realistic synthetic
+  defects (subtle stains, scratches, blended patches, displaced texture) pasted on held-out
+  normal images, run through the chain itself; labelled real defects, when given, count as much
+  as all the synthetic ones together.
+- min_defect_area_px: larger than what F2PAD leaves on the highest-scoring normal images.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import asdict, dataclass
+
+import cv2
+import numpy as np
+from tqdm.auto import tqdm
+
+from inspectd.bundle.assets import CALIBRATION_VERSION
+from inspectd.data.realistic import RealisticConfig, RealisticDefects
+from inspectd.deploy.inspector import ChainSettings, Inspector, judge
+from inspectd.errors import ConfigError, InspectdError
+from inspectd.geometry import iou, measure_defects
+from inspectd.refine import F2PADSettings
+from inspectd.refine.f2pad import inpaint, mask_from_magnitude
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CalibrationConfig:
+    normal_frame_budget: float = 0.02  # share of normal frames allowed past the screening threshold
+    synthetic_images: int = 12  # realistic synthetic defects the F2PAD settings are chosen on
+    lam: tuple[float, ...] = (0.01, 0.03, 0.1)
+    tau: tuple[float, ...] = (0.03, 0.05, 0.08)
+    close_px: tuple[int, ...] = (0, 2, 4)
+    fill_holes: tuple[bool, ...] = (False, True)
+    normal_probes: int = 4  # highest-scoring held-out normals refined to size min_defect_area_px
+    max_min_area_share: float = 0.002  # min_defect_area_px never exceeds this share of the image
+    seed: int = 0
+
+    def __post_init__(self):
+        if not 0 < self.normal_frame_budget < 1:
+            raise ConfigError(f"calibration: normal_frame_budget must be in (0, 1), got {self.normal_frame_budget}")
+        if self.synthetic_images < 1 or not self.lam or not self.tau:
+            raise ConfigError("calibration: need synthetic_images >= 1 and non-empty lam and tau grids")
+
+
+def calibrate_chain(method, prior, fit_images: np.ndarray, holdout: np.ndarray, references: np.ndarray,
+                    defects: tuple[np.ndarray, np.ndarray] | None = None, config: CalibrationConfig | None = None,
+                    progress: bool = True) -> dict:
+    """The chain's settings for a fitted `method`; returns calibration.json's content."""
+    c = config or CalibrationConfig()
+    if len(holdout) < 2:
+        raise InspectdError(f"calibration needs at least 2 held-out normal images, got {len(holdout)} "
+                            "(raise --holdout or add training images)")
+    maps, scores = method.predict(holdout)
+    threshold = float(np.quantile(scores, 1 - c.normal_frame_budget))
+    chosen_inpaint, inpaint_errors = choose_inpaint(holdout, references, c.seed)
+    base = F2PADSettings(size_power=0, inpaint=chosen_inpaint, dilate_px=int(method.feature_stride))
+    chain = ChainSettings(screen_threshold=threshold, pixel_threshold=threshold, f2pad=base)
+    synthetic = realistic_set(holdout, c.synthetic_images, c.seed)
+    best, table = choose_f2pad(method, prior, references, chain, synthetic, defects, c, progress)
+    chain.f2pad = base.replace(**best)
+    min_area, normal_areas = min_defect_area(method, prior, references, chain, holdout, maps, scores, c)
+    chain.min_defect_area_px = min_area
+    f2pad_chosen = {k: v for k, v in chain.f2pad.to_dict().items() if k != "device"}
+    return {
+        "version": CALIBRATION_VERSION,
+        "chain": {"screen_threshold": threshold, "pixel_threshold": threshold, "min_defect_area_px": min_area,
+                  "f2pad": f2pad_chosen},
+        "evidence": {
+            "config": asdict(c), "n_holdout": int(len(holdout)),
+            "normal_scores": {"median": float(np.median(scores)), "max": float(scores.max())},
+            "inpaint_reconstruction_error": inpaint_errors,
+            "synthetic_images": int(len(synthetic[0])), "real_defects": int(len(defects[0])) if defects else 0,
+            "f2pad_grid_mean_iou": table, "normal_probe_areas_px": normal_areas,
+        },
+    }
+
+
+def choose_inpaint(normals: np.ndarray, references: np.ndarray, seed: int) -> tuple[str, dict]:
+    """telea or nearest, whichever fills random holes of held-out normal images closer to the truth.
+    Label-free: it measures how much a part looks like its neighbours vs like other parts."""
+    rng = np.random.default_rng(seed + 17)
+    h, w = normals.shape[1:3]
+    errors = {"telea": [], "nearest": []}
+    for image in normals[:8]:
+        mask = np.zeros((h, w), np.uint8)
+        r = max(3, min(h, w) // 12)
+        cy, cx = rng.integers(r, h - r), rng.integers(r, w - r)
+        cv2.circle(mask, (int(cx), int(cy)), int(r), 1, -1)
+        hole = mask > 0
+        for how in errors:
+            filled = inpaint(image, hole, how, references)
+            errors[how].append(float(np.abs(filled[hole] - image[hole]).mean()))
+    mean = {how: float(np.mean(v)) for how, v in errors.items()}
+    return min(mean, key=mean.get), mean
+
+
+def realistic_set(normals: np.ndarray, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """`n` realistic synthetic defects on the held-out normal images (cycled)."""
+    synth = RealisticDefects(RealisticConfig(size=normals.shape[1]), seed=seed + 101)
+    images, masks = [], []
+    for i in range(n):
+        base = normals[i % len(normals)]
+        others = [normals[j] for j in range(len(normals)) if j != i % len(normals)] or None
+        image, mask = synth(base, others)
+        images.append(image)
+        masks.append(mask)
+    return np.stack(images), np.stack(masks)
+
+
+def choose_f2pad(method, prior, references, chain: ChainSettings, synthetic, defects, c: CalibrationConfig,
+                 progress: bool) -> tuple[dict, dict]:
+    """lam by re-solving; tau, close_px and fill_holes by post-processing the same solutions."""
+    sets = [("synthetic", *synthetic)] + ([("real", *defects)] if defects is not None and len(defects[0]) else [])
+    mask_grid = list(itertools.product(c.tau, c.close_px, c.fill_holes))
+    table: dict[str, float] = {}
+    best_key, best_score = None, -1.0
+    for lam in c.lam:
+        trial = ChainSettings(chain.screen_threshold, chain.pixel_threshold, chain.min_defect_area_px,
+                              chain.f2pad.replace(lam=lam))
+        inspector = Inspector(method, trial, prior, references, device=trial.f2pad.device)
+        runs = {name: [inspector.refine(img) for img in
+                       tqdm(images, desc=f"calibrating F2PAD lam={lam} ({name})", leave=False, disable=not progress)]
+                for name, images, _ in sets}
+        for tau, close, fill in mask_grid:
+            per_set = []
+            for name, _, truths in sets:
+                ious = [iou(mask_with(run, tau, close, fill, chain.min_defect_area_px), t)
+                        for run, t in zip(runs[name], truths)]
+                per_set.append(float(np.mean(ious)))
+            score = float(np.mean(per_set))  # real defects, when given, weigh as much as all synthetic ones
+            key = (lam, tau, close, fill)
+            table[f"lam={lam} tau={tau} close_px={close} fill_holes={fill}"] = round(100 * score, 2)
+            if score > best_score:
+                best_key, best_score = key, score
+    lam, tau, close, fill = best_key
+    log.info("calibration: F2PAD lam=%s tau=%s close_px=%s fill_holes=%s (mean IOU %.1f)", lam, tau, close, fill,
+             100 * best_score)
+    return {"lam": lam, "tau": tau, "close_px": close, "fill_holes": fill}, table
+
+
+def mask_with(run, tau: float, close_px: int, fill_holes: bool, min_area_px: int) -> np.ndarray:
+    """The chain's final mask for other mask settings, from the same F2PAD solution."""
+    if run.anomaly_magnitude is None:  # not solved (empty or too-large coarse region): its mask as is
+        return run.mask
+    return judge(mask_from_magnitude(run.anomaly_magnitude, tau, close_px, fill_holes), None, min_area_px)[2]
+
+
+def min_defect_area(method, prior, references, chain: ChainSettings, normals, maps, scores,
+                    c: CalibrationConfig) -> tuple[int, list[int]]:
+    """What F2PAD leaves on the normal images that score highest, as if screening had flagged
+    them: regions up to that size are not reported (capped so small defects stay reportable)."""
+    h, w = normals.shape[1:3]
+    cap = max(4, int(c.max_min_area_share * h * w))
+    probe = ChainSettings(chain.screen_threshold, chain.pixel_threshold, 1, chain.f2pad)
+    areas = []
+    for i in np.argsort(scores)[::-1][: c.normal_probes]:
+        # force a coarse region: the top 0.5 % of this normal image's map
+        forced = ChainSettings(probe.screen_threshold, min(probe.pixel_threshold, float(np.quantile(maps[i], 0.995))),
+                               1, probe.f2pad)
+        result = Inspector(method, forced, prior, references, device=chain.f2pad.device).refine(normals[i], maps[i])
+        regions = measure_defects(result.mask)
+        areas.append(int(regions[0]["area_px"]) if regions else 0)
+    return int(min(cap, max(4, max(areas, default=0) + 1))), areas

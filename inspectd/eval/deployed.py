@@ -1,0 +1,159 @@
+"""`inspectd eval --deployed`: the daemon's own chain on every test image, nothing tuned on labels.
+
+Each image goes through deploy.Inspector exactly as the refiner runs it: the bundle's screening
+threshold decides, the bundle's pixel threshold gives the coarse mask, F2PAD refines with the
+bundle's settings, and the frame is a defect when a region of the calibrated size is left.
+Labels are only used to score. Labelled defects that the fit used (`inspectd fit --defects`)
+are left out of the test.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm.auto import tqdm
+
+from inspectd.bundle import load_calibration
+from inspectd.data.images import write_image
+from inspectd.data.mvtec import GOOD, load_test
+from inspectd.deploy import DEFECT, Inspection, Inspector
+from inspectd.eval import metrics
+from inspectd.eval.bench import machine
+from inspectd.geometry import iou
+
+
+def pooled_f1(truths: np.ndarray, preds: np.ndarray) -> float:
+    """Pixel F1 over all pixels of all images at once (MVTec AD 2's SegF1)."""
+    tp = np.count_nonzero(truths & preds)
+    denominator = np.count_nonzero(truths) + np.count_nonzero(preds)
+    return float(2 * tp / denominator) if denominator else float("nan")
+
+
+def rate(flags: list[bool]) -> float:
+    return float(np.mean(flags)) if len(flags) else float("nan")
+
+
+def score_group(truths, coarse, final, flagged, decisions, seconds, labels) -> dict:
+    """Every reported number for one group of images (all of them, or one defect type)."""
+    defective = labels
+    ious = [100 * iou(p, t) for p, t, d in zip(final, truths, defective) if d]
+    coarse_ious = [100 * iou(p, t) for p, t, d in zip(coarse, truths, defective) if d]
+    return {
+        "n": int(len(labels)), "n_defective": int(np.sum(defective)),
+        "frame_recall": rate([dec == DEFECT for dec, d in zip(decisions, defective) if d]),
+        "screen_recall": rate([f for f, d in zip(flagged, defective) if d]),
+        "good_flagged_rate": rate([f for f, d in zip(flagged, defective) if not d]),
+        "good_defect_rate": rate([dec == DEFECT for dec, d in zip(decisions, defective) if not d]),
+        "pixel_f1": pooled_f1(truths, final), "coarse_pixel_f1": pooled_f1(truths, coarse),
+        "mean_iou": float(np.mean(ious)) if ious else float("nan"),
+        "coarse_mean_iou": float(np.mean(coarse_ious)) if coarse_ious else float("nan"),
+        "refine_seconds_median": float(np.median(seconds)) if seconds else float("nan"),
+        "refine_seconds_p90": float(np.percentile(seconds, 90)) if seconds else float("nan"),
+    }
+
+
+def evaluate_deployed(model: str | Path, data: str | Path, out: str | Path | None = None, limit: int = 0,
+                      overlays: int = 8, device: str = "auto", progress: bool = True) -> dict:
+    inspector = Inspector.from_bundle(model, device=device)
+    test = load_test(data, inspector.image_size, progress=progress)
+    used = set((load_calibration(model) or {}).get("defects_used", []))
+    keep = [i for i, p in enumerate(test.paths) if str(p) not in used]
+    if limit:
+        keep = keep[:limit]
+    test = test.subset(keep)
+    runs: list[Inspection] = [inspector.inspect(img) for img in
+                              tqdm(test.images, desc="deployed chain", unit="img", disable=not progress, leave=False)]
+    result = summarise(test, runs)
+    oracle_threshold, oracle_f1 = metrics.f1_optimal_threshold(test.masks, np.stack([r.coarse_map for r in runs]))
+    result.update({
+        "oracle_coarse": {"note": "threshold F1-optimal on this test set (uses its labels): not deployable",
+                          "threshold": oracle_threshold, "pixel_f1": oracle_f1},
+        "chain": inspector.settings.to_dict(), "model": str(model), "data": str(data), "method": inspector.method.name,
+        "defects_left_out": len(used), "command": command_line(), "machine": machine(),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+    })
+    print(format_table(result))
+    out = Path(out) if out else Path("runs") / f"deployed-{Path(model).name}-{Path(data).name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, default=float))
+    if overlays:
+        folder = out.with_suffix("")
+        write_overlays(folder, test, runs, overlays)
+        print(f"overlays (image | truth | coarse | final): {folder}/")
+    print(f"written: {out}")
+    return result
+
+
+def summarise(test, runs: list[Inspection]) -> dict:
+    truths = np.asarray(test.masks, bool)
+    coarse = np.stack([r.coarse_mask for r in runs])
+    final = np.stack([r.mask for r in runs])
+    flagged = [r.flagged for r in runs]
+    decisions = [r.decision for r in runs]
+    seconds = [r.refine_seconds for r in runs if r.refine_seconds is not None]
+    result = score_group(truths, coarse, final, flagged, decisions, seconds, np.asarray(test.labels, bool))
+    result["n_refined"] = len(seconds)
+    per_type = {}
+    for kind in sorted(set(test.defect_types)):
+        idx = [i for i, k in enumerate(test.defect_types) if k == kind]
+        per_type[kind] = score_group(truths[idx], coarse[idx], final[idx], [flagged[i] for i in idx],
+                                     [decisions[i] for i in idx],
+                                     [runs[i].refine_seconds for i in idx if runs[i].refine_seconds is not None],
+                                     np.asarray(test.labels, bool)[idx])
+    result["per_type"] = per_type
+    return result
+
+
+def format_table(r: dict) -> str:
+    def pct(v):
+        return "   -" if v != v else f"{100 * v:5.1f}"
+
+    def num(v, fmt):
+        return "   -" if v != v else format(v, fmt)
+
+    head = (f"{'type':<16}{'n':>4}{'recall%':>9}{'good flag%':>11}{'good defect%':>13}{'pixF1':>7}{'coarseF1':>9}"
+            f"{'IOU':>7}{'coarseIOU':>10}{'s med':>7}{'s p90':>7}")
+    lines = ["Deployed chain (thresholds and settings from the bundle only; no test label used)", head]
+    rows = [*r["per_type"].items(), ("all", r)]
+    for name, g in rows:
+        lines.append(f"{name:<16}{g['n']:>4}{pct(g['frame_recall']):>9}{pct(g['good_flagged_rate']):>11}"
+                     f"{pct(g['good_defect_rate']):>13}{num(g['pixel_f1'], '.3f'):>7}{num(g['coarse_pixel_f1'], '.3f'):>9}"
+                     f"{num(g['mean_iou'], '.1f'):>7}{num(g['coarse_mean_iou'], '.1f'):>10}"
+                     f"{num(g['refine_seconds_median'], '.2f'):>7}{num(g['refine_seconds_p90'], '.2f'):>7}")
+    o = r.get("oracle_coarse")
+    if o:
+        lines.append(f"oracle (threshold picked on this test set, not deployable): coarse pixel F1 {o['pixel_f1']:.3f}")
+    return "\n".join(lines)
+
+
+def outlined(image: np.ndarray, mask: np.ndarray, colour: tuple[float, float, float]) -> np.ndarray:
+    """The image with the outline of `mask` drawn in `colour` (RGB in [0, 1])."""
+    out = np.ascontiguousarray(np.clip(image, 0, 1) * 255).astype(np.uint8)
+    contours, _ = cv2.findContours(np.asarray(mask, np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    cv2.drawContours(out, contours, -1, tuple(int(255 * c) for c in colour), 1)
+    return out.astype(np.float32) / 255
+
+
+def write_overlays(folder: Path, test, runs: list[Inspection], n: int) -> None:
+    """Panels image | truth | coarse | final for a few images of each type (defects and good ones
+    the chain flagged), so a person can look."""
+    per_type = max(1, n // max(1, len(set(test.defect_types))))
+    chosen: dict[str, int] = {}
+    for i, (kind, run) in enumerate(zip(test.defect_types, runs)):
+        if chosen.get(kind, 0) >= per_type or (kind == GOOD and not run.flagged):
+            continue
+        chosen[kind] = chosen.get(kind, 0) + 1
+        img = test.images[i]
+        panel = np.concatenate([img, outlined(img, test.masks[i], (0, 1, 0)), outlined(img, run.coarse_mask, (1, 1, 0)),
+                                outlined(img, run.mask, (1, 0, 0))], axis=1)
+        write_image(folder / f"{kind}_{i:03d}_{run.decision}.png", panel)
+
+
+def command_line() -> str:
+    return "inspectd " + " ".join(shlex.quote(a) for a in sys.argv[1:])

@@ -1,0 +1,154 @@
+"""The deployed chain (deploy.Inspector), its calibration at fit time and `inspectd eval --deployed`."""
+
+import json
+import logging
+
+import numpy as np
+import pytest
+
+from conftest import texture_crops
+from inspectd.bundle import fit_bundle, load_calibration
+from inspectd.bundle.calibration import CalibrationConfig
+from inspectd.cli import main
+from inspectd.deploy import ChainSettings, Inspector, coarse_threshold, judge
+from inspectd.errors import ConfigError
+from inspectd.geometry import iou
+from inspectd.methods import bundle as B
+from test_mvtec import make_mvtec
+
+SIZE = 96
+SMALL_CALIBRATION = dict(synthetic_images=4, lam=(0.03,), tau=(0.05, 0.08), close_px=(0, 2), normal_probes=2)
+
+
+def subtle_stain(image: np.ndarray, cy: int, cx: int, radius: int, shift: float = 0.35):
+    """A low-contrast darkening with the texture showing through: a stain, not a paint blob."""
+    yy, xx = np.mgrid[: image.shape[0], : image.shape[1]]
+    mask = (yy - cy) ** 2 + ((xx - cx) / 1.6) ** 2 <= radius**2
+    out = image.copy()
+    out[mask] = np.clip(out[mask] - shift, 0, 1)
+    return out, mask
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    out = tmp_path_factory.mktemp("models") / "brick-patchcore"
+    train = texture_crops(n=20, size=SIZE, seed=5)
+    fit_bundle("patchcore", "<brick>", out, {"image_size": SIZE}, holdout=0.25, seed=0, progress=False,
+               train=train, calibration=CalibrationConfig(**SMALL_CALIBRATION))
+    return out
+
+
+def test_fit_writes_the_chain_calibration(bundle):
+    calibration = load_calibration(bundle)
+    chain = calibration["chain"]
+    assert chain["screen_threshold"] == chain["pixel_threshold"] > 0
+    assert chain["min_defect_area_px"] >= 4
+    assert chain["f2pad"]["lam"] == 0.03 and chain["f2pad"]["tau"] in (0.05, 0.08)
+    assert chain["f2pad"]["inpaint"] in ("telea", "nearest")
+    # the grid that chose the settings is kept as evidence, one entry per combination tried
+    assert len(calibration["evidence"]["f2pad_grid_mean_iou"]) == 2 * 2 * 2
+    config = json.loads((bundle / "config.json").read_text())
+    assert config["thresholds"] == {"pixel": chain["pixel_threshold"], "image": chain["screen_threshold"]}
+
+
+def test_calibrated_chain_outlines_a_subtle_defect_better_than_the_coarse_mask(bundle):
+    inspector = Inspector.from_bundle(bundle, device="cpu")
+    part = texture_crops(n=1, size=SIZE, seed=77)[0]
+    defective, truth = subtle_stain(part, 48, 40, 9)
+    inspection = inspector.inspect(defective)
+    assert inspection.flagged and inspection.decision == "defect"
+    assert iou(inspection.mask, truth) > iou(inspection.coarse_mask, truth)
+    assert iou(inspection.mask, truth) > 0.4
+
+
+def test_unflagged_frame_is_ok_without_refinement(bundle):
+    inspector = Inspector.from_bundle(bundle, device="cpu", screen_threshold=1e9)
+    inspection = inspector.inspect(texture_crops(n=1, size=SIZE, seed=78)[0])
+    assert not inspection.flagged and inspection.decision == "ok" and inspection.refine_seconds is None
+    assert not inspection.mask.any() and not inspection.coarse_mask.any()
+
+
+def test_the_daemon_s_refiner_gives_the_chain_s_result(bundle, monkeypatch):
+    from inspectd.service.models import build_refiner
+    from inspectd.service.settings import load_settings
+
+    monkeypatch.setenv("INSPECTD_CAPTURE__SIZE", str(SIZE))
+    monkeypatch.setenv("INSPECTD_REFINER__MODEL", str(bundle))
+    monkeypatch.setenv("INSPECTD_REFINER__DEVICE", "cpu")
+    refinement = build_refiner(load_settings())
+    part = texture_crops(n=1, size=SIZE, seed=79)[0]
+    defective, _ = subtle_stain(part, 30, 60, 8)
+    mask, coarse, _ = refinement.refine(defective, {"frame_id": "x", "score": 1.0})
+    inspection = Inspector.from_bundle(bundle, device="cpu").inspect(defective)
+    assert np.array_equal(mask, inspection.mask) and np.allclose(coarse, inspection.coarse_map)
+    assert refinement.min_area_px == load_calibration(bundle)["chain"]["min_defect_area_px"]
+
+
+def test_line_settings_override_the_bundle_s(bundle):
+    inspector = Inspector.from_bundle(bundle, device="cpu", screen_threshold=3.5, min_defect_area_px=40,
+                                      f2pad={"tau": 0.2})
+    assert inspector.settings.screen_threshold == 3.5 and inspector.settings.min_defect_area_px == 40
+    assert inspector.settings.f2pad.tau == 0.2
+    assert inspector.settings.f2pad.lam == load_calibration(bundle)["chain"]["f2pad"]["lam"]
+
+
+def test_bundle_without_calibration_loads_with_its_old_thresholds(bundle, tmp_path, caplog):
+    old = tmp_path / "old"
+    manifest = B.verify_bundle(bundle)
+    files = {n: (bundle / n).read_bytes() for n in manifest["files"] if n != "calibration.json"}
+    B.write_bundle(old, files, {"method": "patchcore", "model_id": "old"})
+    with caplog.at_level(logging.WARNING):
+        inspector = Inspector.from_bundle(old, device="cpu")
+    assert "no calibration.json" in caplog.text
+    thresholds = json.loads((old / "config.json").read_text())["thresholds"]
+    assert inspector.settings.pixel_threshold == thresholds["pixel"]
+    assert inspector.settings.screen_threshold == thresholds["image"]
+    assert inspector.settings.f2pad.lam == 0.3  # the library default, as before calibration existed
+
+
+def test_coarse_rule_and_judge():
+    chain = ChainSettings(screen_threshold=2.0, pixel_threshold=5.0)
+    assert coarse_threshold(chain, peak=7.0) == 5.0
+    assert coarse_threshold(chain, peak=4.0) == 2.0  # flagged below the pixel threshold: start lower
+    mask = np.zeros((20, 20), bool)
+    mask[2:4, 2:4] = True  # 4 px
+    mask[10:16, 10:16] = True  # 36 px
+    decision, defects, kept = judge(mask, None, min_area_px=10)
+    assert decision == "defect" and [d["area_px"] for d in defects] == [36] and kept.sum() == 36
+    assert judge(mask, None, min_area_px=50)[0] == "ok"
+    with pytest.raises(ConfigError, match="pixel_threshold"):
+        ChainSettings(screen_threshold=1.0, pixel_threshold=float("nan"))
+
+
+def test_fit_never_reads_test_images(tmp_path, capsys):
+    data = make_mvtec(tmp_path / "set", n_train=10, size=64)
+    for path in (data / "test").rglob("*.png"):
+        path.write_bytes(b"not an image")  # any read of test/ would fail the fit
+    out = tmp_path / "bundle"
+    assert main(["fit", "--method", "padim", "--data", str(data), "--out", str(out), "--set", "image_size=64",
+                 "--set", "n_features=40", "--holdout", "0.3"]) == 0
+    assert load_calibration(out)["defects_used"] == []
+
+
+def test_fit_with_defects_then_deployed_eval_leaves_them_out(tmp_path, capsys):
+    data = make_mvtec(tmp_path / "set", n_train=10, size=64)
+    out = tmp_path / "bundle"
+    assert main(["fit", "--method", "padim", "--data", str(data), "--out", str(out), "--set", "image_size=64",
+                 "--set", "n_features=40", "--holdout", "0.3", "--defects", str(data), "--defects-n", "1"]) == 0
+    calibration = load_calibration(out)
+    assert len(calibration["defects_used"]) == 1 and calibration["evidence"]["real_defects"] == 1
+    capsys.readouterr()
+    result_file = tmp_path / "deployed.json"
+    assert main(["eval", "--deployed", "--model", str(out), "--data", str(data), "--out", str(result_file),
+                 "--device", "cpu"]) == 0
+    table = capsys.readouterr().out
+    assert "Deployed chain" in table and "scratch" in table
+    result = json.loads(result_file.read_text())
+    for key in ("frame_recall", "good_flagged_rate", "good_defect_rate", "pixel_f1", "mean_iou", "coarse_pixel_f1",
+                "coarse_mean_iou", "refine_seconds_median", "refine_seconds_p90", "per_type"):
+        assert key in result
+    assert result["n"] == 2 and result["defects_left_out"] == 1  # 1 good + 1 of the 2 defects
+    assert result["per_type"]["scratch"]["n_defective"] == 1
+    assert 0.0 <= result["pixel_f1"] <= 1.0 and "not deployable" in result["oracle_coarse"]["note"]
+    overlays = list((tmp_path / "deployed").glob("*.png"))
+    assert overlays, "overlay PNGs are written for a person to look at"
