@@ -14,16 +14,27 @@ from inspectd.deploy import ChainSettings, Inspector, coarse_threshold, judge
 from inspectd.errors import ConfigError
 from inspectd.geometry import iou
 from inspectd.methods import bundle as B
+from inspectd.methods import load_method
 from test_mvtec import make_mvtec
 
 SIZE = 96
-SMALL_CALIBRATION = dict(synthetic_images=4, lam=(0.03,), tau=(0.05, 0.08), close_px=(0, 2), normal_probes=2)
+SMALL_CALIBRATION = dict(synthetic_images=4, lam=(0.03,), tau=(0.05, 0.08), normal_probes=2)
 
 
 def subtle_stain(image: np.ndarray, cy: int, cx: int, radius: int, shift: float = 0.35):
     """A low-contrast darkening with the texture showing through: a stain, not a paint blob."""
     yy, xx = np.mgrid[: image.shape[0], : image.shape[1]]
     mask = (yy - cy) ** 2 + ((xx - cx) / 1.6) ** 2 <= radius**2
+    out = image.copy()
+    out[mask] = np.clip(out[mask] - shift, 0, 1)
+    return out, mask
+
+
+def subtle_bend(image: np.ndarray, shift: float = 0.35):
+    """An L-shaped low-contrast darkening (a bent crack's shadow): thin arms that a coarse map blurs."""
+    mask = np.zeros(image.shape[:2], bool)
+    mask[30:70, 30:40] = True
+    mask[60:70, 30:70] = True
     out = image.copy()
     out[mask] = np.clip(out[mask] - shift, 0, 1)
     return out, mask
@@ -44,9 +55,15 @@ def test_fit_writes_the_chain_calibration(bundle):
     assert chain["screen_threshold"] == chain["pixel_threshold"] > 0
     assert chain["min_defect_area_px"] >= 4
     assert chain["f2pad"]["lam"] == 0.03 and chain["f2pad"]["tau"] in (0.05, 0.08)
+    method = load_method(bundle)
+    assert chain["f2pad"]["close_px"] == max(method.backbone.strides) // 4  # by rule
+    assert chain["f2pad"]["fill_holes"] is True and chain["f2pad"]["dilate_px"] == method.feature_stride
     assert chain["f2pad"]["inpaint"] in ("telea", "nearest")
+    # the synthetic set is made visible to this detector: at least half flagged, or the most contrast
+    synthetic = calibration["evidence"]["synthetic_set"]
+    assert synthetic["flagged_share"] >= 0.5 or synthetic["contrast_range"][1] >= 0.8
     # the grid that chose the settings is kept as evidence, one entry per combination tried
-    assert len(calibration["evidence"]["f2pad_grid_mean_iou"]) == 2 * 2 * 2
+    assert len(calibration["evidence"]["f2pad_grid_mean_iou"]) == 2
     config = json.loads((bundle / "config.json").read_text())
     assert config["thresholds"] == {"pixel": chain["pixel_threshold"], "image": chain["screen_threshold"]}
 
@@ -54,11 +71,11 @@ def test_fit_writes_the_chain_calibration(bundle):
 def test_calibrated_chain_outlines_a_subtle_defect_better_than_the_coarse_mask(bundle):
     inspector = Inspector.from_bundle(bundle, device="cpu")
     part = texture_crops(n=1, size=SIZE, seed=77)[0]
-    defective, truth = subtle_stain(part, 48, 40, 9)
+    defective, truth = subtle_bend(part)
     inspection = inspector.inspect(defective)
     assert inspection.flagged and inspection.decision == "defect"
-    assert iou(inspection.mask, truth) > iou(inspection.coarse_mask, truth)
-    assert iou(inspection.mask, truth) > 0.4
+    assert iou(inspection.mask, truth) > iou(inspection.coarse_mask, truth) + 0.05
+    assert iou(inspection.mask, truth) > 0.5
 
 
 def test_unflagged_frame_is_ok_without_refinement(bundle):
@@ -143,7 +160,7 @@ def test_fit_with_defects_then_deployed_eval_leaves_them_out(tmp_path, capsys):
                  "--device", "cpu"]) == 0
     table = capsys.readouterr().out
     assert "Deployed chain" in table and "scratch" in table
-    result = json.loads(result_file.read_text())
+    result = json.loads(result_file.read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
     for key in ("frame_recall", "good_flagged_rate", "good_defect_rate", "pixel_f1", "mean_iou", "coarse_pixel_f1",
                 "coarse_mean_iou", "refine_seconds_median", "refine_seconds_p90", "per_type"):
         assert key in result

@@ -12,7 +12,7 @@ from inspectd.service.settings import load_settings
 @pytest.fixture(scope="module")
 def demo_settings(tmp_path_factory, monkeypatch_module):
     bundle = tmp_path_factory.mktemp("models") / "demo"
-    monkeypatch_module.setenv("INSPECTD_CAPTURE__SIZE", "64")
+    monkeypatch_module.setenv("INSPECTD_CAPTURE__SIZE", "96")
     monkeypatch_module.setenv("INSPECTD_SCREENING__MODEL", str(bundle))
     monkeypatch_module.setenv("INSPECTD_REFINER__MODEL", str(bundle))
     monkeypatch_module.setenv("INSPECTD_REFINER__DEVICE", "cpu")
@@ -29,21 +29,21 @@ def monkeypatch_module():
 def test_demo_bundle_is_fitted_and_screens_with_onnx(demo_settings):
     screening = build_screener(demo_settings)  # fits + exports the demo model on first use
     assert screening.threshold > 0
-    part = texture_crops(n=1, size=64, seed=42)[0]
+    part = texture_crops(n=1, size=96, seed=42)[0]
     defective, _ = paste_square(part, 20, 20, 14)
     normal_map, normal_score = screening.screen(part)
     defect_map, defect_score = screening.screen(defective)
-    assert normal_map.shape == (64, 64) and defect_score > normal_score
+    assert normal_map.shape == (96, 96) and defect_score > normal_score
 
 
 def test_refiner_returns_a_mask_on_the_defect(demo_settings):
     build_screener(demo_settings)
     refinement = build_refiner(demo_settings)
-    assert refinement.image_size == (64, 64)
-    part = texture_crops(n=1, size=64, seed=43)[0]
+    assert refinement.image_size == (96, 96)
+    part = texture_crops(n=1, size=96, seed=43)[0]
     defective, truth = paste_square(part, 18, 22, 14)
     mask, coarse, stats = refinement.refine(defective, {"frame_id": "t"})
-    assert mask.shape == coarse.shape == (64, 64) and stats["device"] == "cpu"
+    assert mask.shape == coarse.shape == (96, 96) and stats["device"] == "cpu"
     assert (mask & truth).sum() / max((mask | truth).sum(), 1) > 0.5
 
 
@@ -51,7 +51,7 @@ def test_refiner_uses_the_line_s_f2pad_settings(demo_settings):
     build_screener(demo_settings)
     f2pad = {"max_iters": 2, "min_iters": 1, "inpaint": "nearest"}  # nearest: the bundle's reference images
     settings = demo_settings.model_copy(update={"refiner": demo_settings.refiner.model_copy(update={"f2pad": f2pad})})
-    part = texture_crops(n=1, size=64, seed=43)[0]
+    part = texture_crops(n=1, size=96, seed=43)[0]
     defective, _ = paste_square(part, 18, 22, 14)
     _, _, stats = build_refiner(settings).refine(defective, {"frame_id": "t"})
     assert 1 <= stats["iterations"] <= 2

@@ -9,10 +9,15 @@ saved in the bundle (calibration.json), so `inspectd fit` alone gives a deployab
 - inpaint: the initialisation that reconstructs held-out normal pixels best under random masks
   (aligned parts favour the nearest normal image, textures favour classical inpainting).
 - ROI dilation: one feature stride, the distance over which a feature cell mixes pixels.
-- lam, tau, close_px, fill_holes: the F2PAD settings with the best mean IOU on realistic synthetic
+- mask shape, by rule: F2PAD only needs to change some pixels of a feature cell to make the cell
+  look normal, so on textured defects A comes out speckled at the scale of the deepest layer's
+  cells; the mask is closed with a radius of a quarter of that stride (bridging gaps up to half a
+  cell) and its holes are filled (defects are reported as outlines, the way people annotate them).
+- lam, tau: the F2PAD settings with the best mean IOU on realistic synthetic
   defects (subtle stains, scratches, blended patches, displaced texture) pasted on held-out
-  normal images, run through the chain itself; labelled real defects, when given, count as much
-  as all the synthetic ones together.
+  normal images, run through the chain itself. The set is as subtle as this detector can still
+  see (contrast raised only until half of it is flagged); labelled real defects, when given,
+  count as much as all the synthetic ones together.
 - min_defect_area_px: larger than what F2PAD leaves on the highest-scoring normal images.
 """
 
@@ -24,17 +29,19 @@ from dataclasses import asdict, dataclass
 
 import cv2
 import numpy as np
+from scipy import ndimage
 from tqdm.auto import tqdm
 
 from inspectd.bundle.assets import CALIBRATION_VERSION
-from inspectd.data.realistic import RealisticConfig, RealisticDefects
+from inspectd.data.realistic import KINDS, RealisticConfig, RealisticDefects
 from inspectd.deploy.inspector import ChainSettings, Inspector, judge
 from inspectd.errors import ConfigError, InspectdError
 from inspectd.geometry import iou, measure_defects
 from inspectd.refine import F2PADSettings
-from inspectd.refine.f2pad import inpaint, mask_from_magnitude
+from inspectd.refine.f2pad import disk, inpaint, mask_from_magnitude
 
 log = logging.getLogger(__name__)
+SUBTLE_CONTRAST = (0.04, 0.2)  # mean RGB change over the defect, pixel values in [0, 1]
 
 
 @dataclass
@@ -43,8 +50,9 @@ class CalibrationConfig:
     synthetic_images: int = 12  # realistic synthetic defects the F2PAD settings are chosen on
     lam: tuple[float, ...] = (0.01, 0.03, 0.1)
     tau: tuple[float, ...] = (0.03, 0.05, 0.08)
-    close_px: tuple[int, ...] = (0, 2, 4)
-    fill_holes: tuple[bool, ...] = (False, True)
+    # None: by rule (half a feature stride; filled outlines), a tuple: tried on the synthetic set
+    close_px: tuple[int, ...] | None = None
+    fill_holes: tuple[bool, ...] | None = None
     normal_probes: int = 4  # highest-scoring held-out normals refined to size min_defect_area_px
     max_min_area_share: float = 0.002  # min_defect_area_px never exceeds this share of the image
     seed: int = 0
@@ -69,7 +77,7 @@ def calibrate_chain(method, prior, fit_images: np.ndarray, holdout: np.ndarray, 
     chosen_inpaint, inpaint_errors = choose_inpaint(holdout, references, c.seed)
     base = F2PADSettings(size_power=0, inpaint=chosen_inpaint, dilate_px=int(method.feature_stride))
     chain = ChainSettings(screen_threshold=threshold, pixel_threshold=threshold, f2pad=base)
-    synthetic = realistic_set(holdout, c.synthetic_images, c.seed)
+    *synthetic, synthetic_info = visible_synthetic_set(method, holdout, c.synthetic_images, c.seed, threshold)
     best, table = choose_f2pad(method, prior, references, chain, synthetic, defects, c, progress)
     chain.f2pad = base.replace(**best)
     min_area, normal_areas = min_defect_area(method, prior, references, chain, holdout, maps, scores, c)
@@ -83,7 +91,7 @@ def calibrate_chain(method, prior, fit_images: np.ndarray, holdout: np.ndarray, 
             "config": asdict(c), "n_holdout": int(len(holdout)),
             "normal_scores": {"median": float(np.median(scores)), "max": float(scores.max())},
             "inpaint_reconstruction_error": inpaint_errors,
-            "synthetic_images": int(len(synthetic[0])), "real_defects": int(len(defects[0])) if defects else 0,
+            "synthetic_images": int(len(synthetic[0])), "synthetic_set": synthetic_info, "real_defects": int(len(defects[0])) if defects else 0,
             "f2pad_grid_mean_iou": table, "normal_probe_areas_px": normal_areas,
         },
     }
@@ -108,24 +116,60 @@ def choose_inpaint(normals: np.ndarray, references: np.ndarray, seed: int) -> tu
     return min(mean, key=mean.get), mean
 
 
-def realistic_set(normals: np.ndarray, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """`n` realistic synthetic defects on the held-out normal images (cycled)."""
-    synth = RealisticDefects(RealisticConfig(size=normals.shape[1]), seed=seed + 101)
+def as_annotated(mask: np.ndarray) -> np.ndarray:
+    """A defect as a person outlines it: the changed pixels joined and their holes filled.
+    Real defect masks (MVTec and the like) are drawn outlines, so the mask settings are chosen
+    against outlines, not against the speckle of pixels that happen to differ."""
+    radius = max(1, round(mask.shape[0] / 128))
+    closed = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_CLOSE, disk(radius)) > 0
+    return ndimage.binary_fill_holes(closed | mask)
+
+
+def realistic_set(normals: np.ndarray, n: int, seed: int, contrast: tuple[float, float] = SUBTLE_CONTRAST
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """`n` realistic synthetic defects on the held-out normal images (cycled), with outlined truth."""
+    # Industrial defects run from a speck to a tenth of the part.
+    synth = RealisticDefects(RealisticConfig(size=normals.shape[1], area_range=(0.002, 0.1), contrast_range=contrast),
+                             seed=seed + 101)
     images, masks = [], []
     for i in range(n):
         base = normals[i % len(normals)]
         others = [normals[j] for j in range(len(normals)) if j != i % len(normals)] or None
-        image, mask = synth(base, others)
+        image, mask = synth(base, others, kind=KINDS[i % len(KINDS)])  # every kind equally often
         images.append(image)
-        masks.append(mask)
+        masks.append(as_annotated(mask))
     return np.stack(images), np.stack(masks)
+
+
+def visible_synthetic_set(method, normals: np.ndarray, n: int, seed: int, threshold: float):
+    """Synthetic defects at the edge of what this detector sees. The settings only matter for
+    subtle defects (a strong one comes out under any of them), so the set starts subtle; where
+    the detector flags fewer than half of them, they carry no information about the settings,
+    and the contrast is raised until it does."""
+    low, high = SUBTLE_CONTRAST
+    for _ in range(4):
+        images, masks = realistic_set(normals, n, seed, (low, high))
+        _, scores = method.predict(images)
+        flagged = float(np.mean(scores > threshold))
+        if flagged >= 0.5 or high >= 0.8:
+            break
+        low, high = min(2 * low, 0.4), min(2 * high, 0.8)
+    return images, masks, {"contrast_range": [low, high], "flagged_share": flagged}
+
+
+def closing_radius(method) -> int:
+    """A quarter of the coarsest backbone stride the method reads (see the module's docstring)."""
+    strides = getattr(getattr(method, "backbone", None), "strides", None) or [method.feature_stride]
+    return max(1, int(max(strides)) // 4)
 
 
 def choose_f2pad(method, prior, references, chain: ChainSettings, synthetic, defects, c: CalibrationConfig,
                  progress: bool) -> tuple[dict, dict]:
     """lam by re-solving; tau, close_px and fill_holes by post-processing the same solutions."""
     sets = [("synthetic", *synthetic)] + ([("real", *defects)] if defects is not None and len(defects[0]) else [])
-    mask_grid = list(itertools.product(c.tau, c.close_px, c.fill_holes))
+    close = c.close_px if c.close_px is not None else (closing_radius(method),)
+    fill = c.fill_holes if c.fill_holes is not None else (True,)
+    mask_grid = list(itertools.product(c.tau, close, fill))
     table: dict[str, float] = {}
     best_key, best_score = None, -1.0
     for lam in c.lam:

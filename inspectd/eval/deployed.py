@@ -81,7 +81,7 @@ def evaluate_deployed(model: str | Path, data: str | Path, out: str | Path | Non
     print(format_table(result))
     out = Path(out) if out else Path("runs") / f"deployed-{Path(model).name}-{Path(data).name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, default=float))
+    out.write_text(json.dumps(json_safe(result), indent=2, default=float))
     if overlays:
         folder = out.with_suffix("")
         write_overlays(folder, test, runs, overlays)
@@ -108,6 +108,17 @@ def summarise(test, runs: list[Inspection]) -> dict:
                                      np.asarray(test.labels, bool)[idx])
     result["per_type"] = per_type
     return result
+
+
+def json_safe(value):
+    """NaN (a rate with nothing to count, e.g. recall of a defect-free group) as null: strict JSON."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_safe(v) for v in value]
+    if isinstance(value, float) and value != value:
+        return None
+    return value
 
 
 def format_table(r: dict) -> str:
