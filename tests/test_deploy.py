@@ -156,7 +156,8 @@ def test_fit_with_defects_then_deployed_eval_leaves_them_out(tmp_path, capsys):
     assert len(calibration["defects_used"]) == 1 and calibration["evidence"]["real_defects"] == 1
     capsys.readouterr()
     result_file = tmp_path / "deployed.json"
-    assert main(["eval", "--deployed", "--model", str(out), "--data", str(data), "--out", str(result_file),
+    spelled_otherwise = f"{data}/../{data.name}"  # the same folder, another path: still left out
+    assert main(["eval", "--deployed", "--model", str(out), "--data", spelled_otherwise, "--out", str(result_file),
                  "--device", "cpu"]) == 0
     table = capsys.readouterr().out
     assert "Deployed chain" in table and "scratch" in table

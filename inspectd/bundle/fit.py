@@ -62,7 +62,7 @@ def fit_bundle(method_name: str, data: str | Path, out: str | Path, settings: di
     started = time.perf_counter()
     chain = calibrate_chain(method, prior, train[fit_idx], train[hold_idx], load_references_bytes(references),
                             (labelled.images, labelled.masks) if labelled else None, config, progress)
-    chain["defects_used"] = [str(p) for p in labelled.paths] if labelled else []
+    chain["defects_used"] = [str(Path(p).resolve()) for p in labelled.paths] if labelled else []
     calibration_seconds = time.perf_counter() - started
     # the method's own thresholds follow the chain, so every reader of the bundle agrees
     method.thresholds = {"pixel": chain["chain"]["pixel_threshold"], "image": chain["chain"]["screen_threshold"]}

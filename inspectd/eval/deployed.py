@@ -63,7 +63,7 @@ def evaluate_deployed(model: str | Path, data: str | Path, out: str | Path | Non
     inspector = Inspector.from_bundle(model, device=device)
     test = load_test(data, inspector.image_size, progress=progress)
     used = set((load_calibration(model) or {}).get("defects_used", []))
-    keep = [i for i, p in enumerate(test.paths) if str(p) not in used]
+    keep = [i for i, p in enumerate(test.paths) if str(Path(p).resolve()) not in used]
     if limit:
         keep = keep[:limit]
     test = test.subset(keep)
