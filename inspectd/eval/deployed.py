@@ -62,7 +62,7 @@ def evaluate_deployed(model: str | Path, data: str | Path, out: str | Path | Non
                       overlays: int = 8, device: str = "auto", progress: bool = True) -> dict:
     inspector = Inspector.from_bundle(model, device=device)
     test = load_test(data, inspector.image_size, progress=progress)
-    used = set((load_calibration(model) or {}).get("defects_used", []))
+    used = {str(Path(p).resolve()) for p in (load_calibration(model) or {}).get("defects_used", [])}
     keep = [i for i, p in enumerate(test.paths) if str(Path(p).resolve()) not in used]
     if limit:
         keep = keep[:limit]
