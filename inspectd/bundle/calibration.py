@@ -209,12 +209,11 @@ def min_defect_area(method, prior, references, chain: ChainSettings, normals, ma
     them: regions up to that size are not reported (capped so small defects stay reportable)."""
     h, w = normals.shape[1:3]
     cap = max(4, int(c.max_min_area_share * h * w))
-    probe = ChainSettings(chain.screen_threshold, chain.pixel_threshold, 1, chain.f2pad)
     areas = []
     for i in np.argsort(scores)[::-1][: c.normal_probes]:
         # force a coarse region: the top 0.5 % of this normal image's map
-        forced = ChainSettings(probe.screen_threshold, min(probe.pixel_threshold, float(np.quantile(maps[i], 0.995))),
-                               1, probe.f2pad)
+        pixel_threshold = min(chain.pixel_threshold, float(np.quantile(maps[i], 0.995)))
+        forced = ChainSettings(chain.screen_threshold, pixel_threshold, 1, chain.f2pad)
         result = Inspector(method, forced, prior, references, device=chain.f2pad.device).refine(normals[i], maps[i])
         regions = measure_defects(result.mask)
         areas.append(int(regions[0]["area_px"]) if regions else 0)
