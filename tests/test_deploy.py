@@ -123,6 +123,16 @@ def test_bundle_without_calibration_loads_with_its_old_thresholds(bundle, tmp_pa
     assert inspector.settings.f2pad.lam == 0.3  # the library default, as before calibration existed
 
 
+def test_malformed_calibration_is_a_bundle_error():
+    from inspectd.errors import BundleError
+
+    with pytest.raises(BundleError, match="malformed chain settings"):
+        ChainSettings.from_calibration({"version": 2, "chain": {"screen_threshold": 1.0}}, {})
+    with pytest.raises(BundleError, match="malformed"):
+        ChainSettings.from_calibration({"version": 2, "chain": {"screen_threshold": "x", "pixel_threshold": 1,
+                                                                "min_defect_area_px": 4}}, {})
+
+
 def test_coarse_rule_and_judge():
     chain = ChainSettings(screen_threshold=2.0, pixel_threshold=5.0)
     assert coarse_threshold(chain, peak=7.0) == 5.0

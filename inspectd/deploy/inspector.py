@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 import torch
 
-from inspectd.errors import ConfigError, InspectdError
+from inspectd.errors import BundleError, ConfigError, InspectdError
 from inspectd.geometry import measure_defects
 from inspectd.refine import F2PADSettings, refine
 from inspectd.refine.contract import RefinableMethod
@@ -61,10 +61,14 @@ class ChainSettings:
                 raise InspectdError("bundle has neither calibration.json nor a pixel threshold: refit it")
             pixel = float(thresholds["pixel"])
             return cls(screen_threshold=float(thresholds.get("image", pixel)), pixel_threshold=pixel)
-        chain = calibration["chain"]
-        return cls(screen_threshold=float(chain["screen_threshold"]), pixel_threshold=float(chain["pixel_threshold"]),
-                   min_defect_area_px=int(chain["min_defect_area_px"]),
-                   f2pad=F2PADSettings.from_dict(chain.get("f2pad", {})))
+        try:
+            chain = calibration["chain"]
+            return cls(screen_threshold=float(chain["screen_threshold"]),
+                       pixel_threshold=float(chain["pixel_threshold"]),
+                       min_defect_area_px=int(chain["min_defect_area_px"]),
+                       f2pad=F2PADSettings.from_dict(chain.get("f2pad", {})))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BundleError(f"calibration.json: malformed chain settings ({exc!r})") from exc
 
     def override(self, screen_threshold: float | None = None, min_defect_area_px: int | None = None,
                  f2pad: dict | None = None) -> "ChainSettings":
