@@ -61,7 +61,8 @@ def cmd_fit(args) -> None:
         raise InspectdError("--defects-n needs --defects DIR (an MVTec-layout folder with labelled defects)")
     summary = fit_bundle(args.method, args.data, args.out, load_settings(args.settings, args.set),
                          holdout=args.holdout, seed=args.seed, defects=args.defects,
-                         n_defects=(3 if args.defects_n is None else args.defects_n) if args.defects else 0)
+                         n_defects=(3 if args.defects_n is None else args.defects_n) if args.defects else 0,
+                         tile=args.tile, tiles_per_image=args.tiles_per_image)
     print(json.dumps(summary, indent=2))
 
 
@@ -70,7 +71,7 @@ def cmd_eval(args) -> None:
         from inspectd.eval.deployed import evaluate_deployed
 
         evaluate_deployed(args.model, args.data, out=args.out, limit=args.limit, overlays=args.overlays,
-                          device=args.device)
+                          device=args.device, screening=args.screening)
         return
     from inspectd.eval.runner import evaluate_bundle
 
@@ -125,6 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--defects-n", type=int, default=None,
                    help="how many (default 3) of --defects' defective images to use (a seeded pick; the bundle records which, "
                         "and `eval --deployed` leaves them out)")
+    p.add_argument("--tile", type=int, default=None, metavar="SIZE",
+                   help="fit a native-resolution refiner on SIZE x SIZE crops of the images at their own resolution "
+                        "(refines native crops around what a screening bundle flags; see `eval --screening`)")
+    p.add_argument("--tiles-per-image", type=int, default=4, help="--tile: random crops cut from each normal image")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_fit)
 
@@ -140,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=0, help="--deployed: only the first N test images (quick look)")
     p.add_argument("--overlays", type=int, default=8, help="--deployed: overlay PNGs to write (0 = none)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="--deployed: torch device")
+    p.add_argument("--screening", help="--deployed: the screening bundle (default: --model screens too); needed "
+                                       "when --model is a tile bundle that refines native crops")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("export", help="write the bundle's ONNX screening graph (image -> anomaly map, score)")

@@ -2,7 +2,7 @@ import cv2
 import numpy as np
 import pytest
 
-from inspectd.geometry import measure_defects
+from inspectd.geometry import Box, box_to_native, box_to_small, mask_box, measure_defects, native_to_small
 
 
 def ellipse(angle_deg, axes=(30, 10), size=128, centre=(64, 60)):
@@ -42,3 +42,56 @@ def test_several_defects_sorted_and_small_ones_filtered():
     defects = measure_defects(mask, min_area_px=2)
     assert [d["area_px"] for d in defects] == [100, 16]
     assert measure_defects(np.zeros((5, 5), bool)) == []
+
+
+# --- native <-> screening <-> crop coordinates ------------------------------------------------
+SIZES = [(900, 256), (901, 255), (257, 256), (256, 256), (2000, 256), (1500, 255), (2047, 320)]
+
+
+@pytest.mark.parametrize("native, small", SIZES)
+def test_screening_box_round_trips_through_native_exactly(native, small):
+    """Every box on the screening image -> its native pixels -> the same box, also at the borders."""
+    rng = np.random.default_rng(native + small)
+    edges = [(0, 1), (small - 1, small), (0, small)]
+    spans = edges + [tuple(sorted(rng.choice(small + 1, 2, replace=False))) for _ in range(300)]
+    for x0, x1 in spans:
+        box = Box(int(x0), 0, int(x1 - x0), small)
+        back = box_to_small(box_to_native(box, (native, native), (small, small)), (native, native), (small, small))
+        assert back == box
+
+
+@pytest.mark.parametrize("native, small", SIZES)
+def test_native_box_is_covered_after_a_trip_through_screening(native, small):
+    rng = np.random.default_rng(native * small)
+    for _ in range(300):
+        x0, x1 = sorted(rng.choice(native + 1, 2, replace=False))
+        box = Box(int(x0), 0, int(x1 - x0), native)
+        covered = box_to_native(box_to_small(box, (native, native), (small, small)), (native, native), (small, small))
+        assert covered.x <= box.x and covered.x1 >= box.x1
+
+
+def test_native_pixels_land_where_resizing_puts_them():
+    """The map agrees with cv2.resize: a native pixel's value lands in the small pixel it names."""
+    native, small = 901, 255
+    marker = np.zeros((native, native), np.float32)
+    marker[450, 7] = 1.0
+    shrunk = cv2.resize(marker, (small, small), interpolation=cv2.INTER_AREA)
+    y, x = np.unravel_index(np.argmax(shrunk), shrunk.shape)
+    assert (y, x) == (native_to_small(450, native, small), native_to_small(7, native, small))
+
+
+def test_crop_coordinates_round_trip_and_clip_at_borders():
+    frame = Box(0, 0, 2000, 1500)
+    crop = Box(1900, -20, 256, 256).clip(1500, 2000)
+    assert crop == Box(1900, 0, 100, 236)
+    inner = Box(1950, 10, 30, 40)
+    assert inner.relative_to(crop).offset(crop) == inner
+    assert Box.union([inner, Box(0, 0, 1, 1)]) == Box(0, 0, 1980, 50) and frame.overlaps(crop)
+
+
+def test_mask_box_is_tight():
+    mask = np.zeros((7, 9), bool)
+    assert mask_box(mask) is None
+    mask[2:5, 8] = True
+    mask[6, 3] = True
+    assert mask_box(mask) == Box(3, 2, 6, 5)

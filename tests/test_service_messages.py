@@ -98,22 +98,91 @@ def test_result_round_trip_and_topic():
     mask = np.zeros((16, 24), bool)
     mask[2:4, 1:4] = True
     parts = encode_result(result_fields(), mask)
-    assert parts[0] == b"defect.cam0"
+    assert parts[0] == b"defect.cam0" and len(parts) == 3  # topic, JSON, one crop per defect
     result, decoded = parse_result(parts)
-    assert result["defects"][0]["area_px"] == 6 and (decoded == mask).all()
-    assert result["mask"] == {"width": 24, "height": 16, "encoding": "png"}
+    assert result["defects"][0]["area_px"] == 6 and (decoded.full() == mask).all()
+    assert result["mask"] == {"width": 24, "height": 16, "encoding": "png-crops", "crops": [[1, 2, 3, 2]]}
+    assert decoded.crops[0][1].shape == (2, 3)
+
+
+def test_result_of_a_large_frame_stays_small():
+    """Schema 2 carries crops: one small defect on a 5 MP frame is a message of a few KiB."""
+    mask = np.zeros((2048, 2448), bool)
+    mask[1000:1030, 2000:2012] = True
+    defect = {"area_px": 360, "bbox": [2000, 1000, 12, 30], "centroid": [2005.5, 1014.5]}
+    parts = encode_result(result_fields(defects=[defect]), mask)
+    assert sum(len(p) for p in parts) < 2048
+    _, decoded = parse_result(parts)
+    assert (decoded.height, decoded.width) == (2048, 2448) and decoded.area_px == 360
+
+
+def test_no_defect_result_has_no_mask_part():
+    parts = encode_result(result_fields(decision="ok", defects=[]), np.zeros((16, 24), bool))
+    result, decoded = parse_result(parts)
+    assert len(parts) == 2 and decoded.crops == [] and not decoded.full().any()
+
+
+def test_schema_1_results_still_parse():
+    """Subscribers read both versions: schema 1 sent the whole mask as one PNG."""
+    mask = np.zeros((16, 24), bool)
+    mask[2:4, 1:4] = True
+    v1 = {**result_fields(), "schema": 1, "mask": {"width": 24, "height": 16, "encoding": "png"}}
+    parts = [b"defect.cam0", json.dumps(v1).encode(), encode_png(mask)]
+    result, decoded = parse_result(parts)
+    assert result["schema"] == 1 and (decoded.full() == mask).all()
+
+
+def crop_json(p: list[bytes], crops) -> list[bytes]:
+    result = json.loads(p[1])
+    result["mask"]["crops"] = crops
+    return [p[0], json.dumps(result).encode(), *p[2:]]
 
 
 @pytest.mark.parametrize("mutate, kind", [
-    (lambda p: p[:2], "malformed"),
+    (lambda p: p[:1], "malformed"),
+    (lambda p: p[:2], "malformed"),  # a crop listed but its part missing
     (lambda p: [b"defect.other", p[1], p[2]], "malformed"),
     (lambda p: [p[0], p[1].replace(b'"decision":"defect"', b'"decision":"maybe"'), p[2]], "malformed"),
-    (lambda p: [p[0], p[1].replace(b'"schema":1', b'"schema":2'), p[2]], "schema_version"),
+    (lambda p: [p[0], p[1].replace(b'"schema":2', b'"schema":3'), p[2]], "schema_version"),
+    (lambda p: [p[0], p[1].replace(b'"schema":2', b'"schema":true'), p[2]], "schema_version"),
     (lambda p: [p[0], p[1], b"not a png"], "bad_image"),
     (lambda p: [p[0], p[1], encode_png(np.zeros((5, 5), bool))], "wrong_size"),
+    (lambda p: crop_json(p, [[20, 2, 8, 2]]), "malformed"),  # crop outside the frame
+    (lambda p: crop_json(p, [[1, 2, 0, 2]]), "malformed"),  # empty crop
+    (lambda p: crop_json(p, [[1, 2, 3]]), "malformed"),
+    (lambda p: crop_json(p, "everything"), "malformed"),
 ])
 def test_bad_results_raise_their_kind(mutate, kind):
     parts = mutate(encode_result(result_fields(), np.zeros((16, 24), bool)))
     with pytest.raises(MessageError) as info:
         parse_result(parts)
     assert info.value.kind == kind
+
+
+def test_frame_regions_travel_in_native_pixels():
+    header = {**frame_header(), "regions": [[3, 4, 10, 6]]}
+    parsed, _ = parse_frame(encode_frame(header, image()), MAX)
+    assert parsed["schema"] == 2 and [r.as_list() for r in parsed["regions"]] == [[3, 4, 10, 6]]
+    for bad in ([[35, 4, 10, 6]], [[0, 0, 0, 1]], "all", [[1, 2]]):
+        parts = encode_frame(frame_header(), image())
+        parts[0] = parts[0].replace(b'"schema"', b'"regions":' + json.dumps(bad).encode() + b',"schema"')
+        with pytest.raises(MessageError, match="malformed"):
+            parse_frame(parts, MAX)
+
+
+def test_a_storm_of_defects_is_capped_to_the_crop_limit():
+    from inspectd.service.messages import MAX_MASK_CROPS, ResultMask
+    from inspectd.geometry import Box
+
+    crops = [(Box(2 * i % 600, 2 * (i // 300), 1, 1), np.ones((1, 1), bool)) for i in range(MAX_MASK_CROPS + 40)]
+    mask = ResultMask(10, 600, crops)
+    result, decoded = parse_result(encode_result(result_fields(defects=[]), mask))
+    assert len(decoded.crops) == MAX_MASK_CROPS and (decoded.full() == mask.full()).all()
+
+
+def test_a_frame_larger_than_the_pixel_limit_is_refused_before_decoding():
+    parts = encode_frame(frame_header(), image())
+    parts[1] = b"never decoded"  # the size check comes first, so a bomb costs nothing
+    with pytest.raises(MessageError) as info:
+        parse_frame(parts, MAX, max_pixels=40 * 32 - 1)
+    assert info.value.kind == "oversized" and "max_frame_pixels" in info.value.detail

@@ -70,7 +70,7 @@ class RawSubscriber:
                 while (parts := recv_multipart_nowait(self.sock)) is not None:
                     result, mask = parse_result(parts)
                     self.messages.append(result)
-                    self.masks[result["frame_id"]] = mask
+                    self.masks[result["frame_id"]] = mask.full()
 
     def close(self):
         self.stop.set()
@@ -121,7 +121,7 @@ def test_demo_stream_publishes_every_defect_with_a_matching_mask(tmp_path):
         assert len(defective) >= 5 and len(normal) >= 5
         for fid in defective:
             result, mask = published[fid]
-            assert result["decision"] == "defect" and iou(mask, collect.truth[fid]) > 0.5, fid
+            assert result["decision"] == "defect" and iou(mask.full(), collect.truth[fid]) > 0.5, fid
             assert sum(d["area_px"] for d in result["defects"]) == pytest.approx(collect.truth[fid].sum(), rel=0.2)
             assert format_result(result)[0].count("area") == 1
         assert sum(fid in published for fid in normal) <= 0.1 * len(normal)
@@ -234,7 +234,7 @@ def test_bad_messages_are_counted_by_kind_and_the_refiner_stays_up(tmp_path):
     good = frame_parts("good-1")
     bad = {
         "malformed": [[b"just one part"], [b"{not json", good[1]]],
-        "schema_version": [[good[0].replace(b'"schema":1', b'"schema":7'), good[1]]],
+        "schema_version": [[good[0].replace(b'"schema":2', b'"schema":7'), good[1]]],
         "bad_image": [[good[0], b"\x89PNG\r\n\x1a\n" + bytes(100)]],
         "wrong_size": [[good[0], encode_png(np.zeros((20, 32, 3), np.float32))],  # PNG != header
                        frame_parts("small-1", size=(24, 24))],  # not the model's 32x32

@@ -18,7 +18,7 @@ import numpy as np
 from inspectd.bundle.assets import CALIBRATION_FILE, FIT_INFO_FILE, REFERENCES_FILE, load_references_bytes, \
     references_bytes
 from inspectd.bundle.calibration import CalibrationConfig, calibrate_chain
-from inspectd.data.mvtec import load_defects, load_train
+from inspectd.data.mvtec import cut_tiles, load_defects, load_train, load_train_tiles
 from inspectd.errors import InspectdError
 from inspectd.methods import create_method
 from inspectd.refine.prior import PRIOR_FILE, PixelPrior
@@ -38,17 +38,34 @@ def split_holdout(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.nd
 def fit_bundle(method_name: str, data: str | Path, out: str | Path, settings: dict | None = None,
                holdout: float = 0.2, seed: int = 0, progress: bool = True, train: np.ndarray | None = None,
                defects: str | Path | None = None, n_defects: int = 0,
-               calibration: CalibrationConfig | None = None) -> dict:
+               calibration: CalibrationConfig | None = None, tile: int | None = None,
+               tiles_per_image: int = 4) -> dict:
     """Fit, calibrate and save a bundle; returns the fit summary (also saved as fit.json).
 
     `defects` is an MVTec-layout folder whose test/<type>/ images with ground_truth masks are
     labelled real defects; `n_defects` of them (a seeded pick, 0 = none) join the calibration,
-    and the bundle records which, so `inspectd eval --deployed` leaves them out of the test."""
+    and the bundle records which, so `inspectd eval --deployed` leaves them out of the test.
+
+    `tile` fits a native-resolution refiner: the method sees `tiles_per_image` random tile x tile
+    crops of each normal image at its own resolution (image size = tile), the held-out images
+    are split before cutting, and the calibration runs on crops of the held-out images (`train`
+    given with `tile`: native images to cut the tiles from)."""
+    if tile is not None:
+        if defects and n_defects:
+            raise InspectdError("--defects with --tile is not supported yet: labelled defects are read at the "
+                                "bundle's size, not cut at native resolution; fit the tile bundle without them")
+        settings = {**(settings or {}), "image_size": int(tile)}
     method = create_method(method_name, settings)
     size = method.config.image_size
-    if train is None:
-        train = load_train(data, size, progress=progress)
-    fit_idx, hold_idx = split_holdout(len(train), holdout, seed)
+    if tile is not None:
+        train, owners = (cut_tiles(train, size, tiles_per_image, seed) if train is not None
+                         else load_train_tiles(data, size, tiles_per_image, seed, progress))
+        fit_images, hold_images = split_holdout(int(owners.max()) + 1, holdout, seed)
+        fit_idx, hold_idx = np.nonzero(np.isin(owners, fit_images))[0], np.nonzero(np.isin(owners, hold_images))[0]
+    else:
+        if train is None:
+            train = load_train(data, size, progress=progress)
+        fit_idx, hold_idx = split_holdout(len(train), holdout, seed)
     if len(hold_idx) < 2:
         raise InspectdError(f"{data}: {len(train)} training images with --holdout {holdout} leave "
                             f"{len(hold_idx)} to calibrate on; need at least 2 (raise --holdout)")
@@ -63,13 +80,14 @@ def fit_bundle(method_name: str, data: str | Path, out: str | Path, settings: di
     chain = calibrate_chain(method, prior, train[fit_idx], train[hold_idx], load_references_bytes(references),
                             (labelled.images, labelled.masks) if labelled else None, config, progress)
     chain["defects_used"] = [str(Path(p).resolve()) for p in labelled.paths] if labelled else []
+    chain["tile"] = int(tile) if tile is not None else None
     calibration_seconds = time.perf_counter() - started
     # the method's own thresholds follow the chain, so every reader of the bundle agrees
     method.thresholds = {"pixel": chain["chain"]["pixel_threshold"], "image": chain["chain"]["screen_threshold"]}
     info = {"method": method_name, "data": str(data), "n_fit": int(len(fit_idx)), "n_holdout": int(len(hold_idx)),
             "fit_seconds": round(fit_seconds, 2), "calibration_seconds": round(calibration_seconds, 2),
             "peak_memory_gb": round(peak_memory_gb(), 3), "chain": chain["chain"],
-            "defects_used": len(chain["defects_used"]), "seed": seed}
+            "defects_used": len(chain["defects_used"]), "seed": seed, "tile": chain["tile"]}
     method.save(out, extra={PRIOR_FILE: prior.to_bytes(), FIT_INFO_FILE: json.dumps(info, indent=2).encode(),
                             REFERENCES_FILE: references,
                             CALIBRATION_FILE: json.dumps(chain, indent=2, default=float).encode()})

@@ -58,8 +58,9 @@ def find_mask(gt_dir: Path, image_path: Path) -> Path | None:
     return None
 
 
-def load_test(root: str | Path, size: int, progress: bool = True) -> TestSet:
-    """Every test image with its truth mask (all-False for good images), resized to (size, size)."""
+def load_test(root: str | Path, size: int | None, progress: bool = True) -> TestSet:
+    """Every test image with its truth mask (all-False for good images), resized to (size, size);
+    size None keeps the images' own resolution (they must all have the same size)."""
     root = Path(root)
     test_dir = _require_dir(root / "test", "test")
     types = sorted(p.name for p in test_dir.iterdir() if p.is_dir())
@@ -80,13 +81,15 @@ def load_test(root: str | Path, size: int, progress: bool = True) -> TestSet:
                         f"{mask_path}: mask size {mask.shape[1]}x{mask.shape[0]} differs from its image "
                         f"{img.shape[1]}x{img.shape[0]} ({path})"
                     )
-            images.append(resize_image(img, size))
-            masks.append(resize_mask(mask, size))
+            images.append(resize_image(img, size) if size else img)
+            masks.append(resize_mask(mask, size) if size else mask)
             labels.append(kind != GOOD)
             kinds.append(kind)
             paths.append(path)
     if not images:
         raise InspectdError(f"{test_dir}: no test images")
+    if len({i.shape for i in images}) > 1:
+        raise InspectdError(f"{test_dir}: test images of several sizes {sorted({i.shape[:2] for i in images})}")
     return TestSet(np.stack(images), np.stack(masks), np.array(labels), kinds, paths)
 
 
@@ -99,3 +102,31 @@ def load_defects(root: str | Path, size: int, n: int, seed: int = 0) -> TestSet:
         raise InspectdError(f"{root}: asked for {n} labelled defects, the folder has {len(defective)}")
     pick = np.sort(np.random.default_rng(seed).permutation(defective)[:n])
     return test.subset(pick)
+
+
+def cut_tiles(images, tile: int, per_image: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """`per_image` seeded random tile x tile crops of each image (an iterable, so images can be
+    read one at a time). Returns (crops, index of the image each crop came from)."""
+    rng = np.random.default_rng(seed)
+    crops, owners = [], []
+    for i, image in enumerate(images):
+        h, w = image.shape[:2]
+        if min(h, w) < tile:
+            raise InspectdError(f"training image {i} is {w}x{h}, smaller than --tile {tile}")
+        for _ in range(per_image):
+            y, x = int(rng.integers(0, h - tile + 1)), int(rng.integers(0, w - tile + 1))
+            crops.append(np.ascontiguousarray(image[y:y + tile, x:x + tile]))
+            owners.append(i)
+    return np.stack(crops), np.asarray(owners)
+
+
+def load_train_tiles(root: str | Path, tile: int, per_image: int, seed: int = 0,
+                     progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Tiles of each normal training image at its own (native) resolution, cut as each image is
+    read so a folder of megapixel images never sits in memory whole."""
+    folder = _require_dir(Path(root) / "train" / GOOD, "training (train/good)")
+    paths = list_images(folder)
+    if not paths:
+        raise InspectdError(f"{folder}: empty training set (no images with suffix {sorted(IMAGE_SUFFIXES)})")
+    images = (read_image(p) for p in tqdm(paths, desc="train tiles", unit="img", disable=not progress, leave=False))
+    return cut_tiles(images, tile, per_image, seed)

@@ -76,6 +76,16 @@ def add_bench_parser(sub, handler) -> None:
     f.add_argument("--tune-images", type=int, default=10, help="validation images used for tuning")
     f.set_defaults(func=handler)
 
+    nb = bsub.add_parser("native", help="camera-resolution frames: screening frames/s per frame size, message "
+                                         "sizes at 5 MP, peak memory of screening and refining at 5 and 20 MP")
+    nb.add_argument("--screening", required=True, help="screening bundle (whole-frame)")
+    nb.add_argument("--refiner", help="tile bundle (`fit --tile`) for the refining memory (default: --screening)")
+    nb.add_argument("--sizes", default="900,5MP", help="frame sizes to screen: 256, 900, 5MP, 20MP")
+    nb.add_argument("--frames", type=int, default=60)
+    nb.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory processes")
+    nb.add_argument("--out", help="JSON results file")
+    nb.set_defaults(func=handler)
+
     sc = bsub.add_parser("screening", help="frames/s and latency of ONNX Runtime vs eager torch, same model, same run")
     sc.add_argument("--models", nargs="+", required=True, help="bundle directories (exported or not)")
     sc.add_argument("--frames", type=int, default=200)
@@ -94,7 +104,11 @@ def add_bench_parser(sub, handler) -> None:
 
 
 def main(args) -> None:
-    if args.bench == "f2pad":
+    if args.bench == "native":
+        from inspectd.eval.native_bench import run_native_bench
+
+        run_native_bench(args)
+    elif args.bench == "f2pad":
         run_f2pad_bench(args)
     elif args.bench == "screening":
         from inspectd.eval.screening_bench import run_screening_bench

@@ -1,10 +1,12 @@
 """`inspectd eval --deployed`: the daemon's own chain on every test image, nothing tuned on labels.
 
-Each image goes through deploy.Inspector exactly as the refiner runs it: the bundle's screening
-threshold decides, the bundle's pixel threshold gives the coarse mask, F2PAD refines with the
-bundle's settings, and the frame is a defect when a region of the calibrated size is left.
-Labels are only used to score. Labelled defects that the fit used (`inspectd fit --defects`)
-are left out of the test.
+Each image goes through the deployed chain (deploy.NativeChain over deploy.Inspector) exactly as
+the daemon runs it: the screening bundle's threshold decides, its pixel threshold gives the
+flagged regions, F2PAD refines with the refiner bundle's settings, and the frame is a defect
+when a region of the calibrated size is left. Everything is scored at the images' own
+resolution: a whole-frame bundle's mask is upsampled to it, a tile bundle (`fit --tile`)
+refines native crops. Labels are only used to score. Labelled defects that the fit used
+(`inspectd fit --defects`) are left out of the test.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from tqdm.auto import tqdm
 from inspectd.bundle import load_calibration
 from inspectd.data.images import write_image
 from inspectd.data.mvtec import GOOD, load_test
-from inspectd.deploy import DEFECT, Inspection, Inspector
+from inspectd.deploy import DEFECT
+from inspectd.deploy.native import NativeChain, NativeInspection
 from inspectd.eval import metrics
 from inspectd.eval.bench import machine
 from inspectd.geometry import iou
@@ -39,9 +42,17 @@ def rate(flags: list[bool]) -> float:
     return float(np.mean(flags)) if len(flags) else float("nan")
 
 
-def score_group(truths, coarse, final, flagged, decisions, seconds, labels) -> dict:
+def area_errors(truths: np.ndarray, reported: list[int], defective) -> list[float]:
+    """Relative error of the reported defect area (sum of the defects' area_px) against the
+    true defect area, per defective image, in the images' own pixels."""
+    return [abs(a - int(np.count_nonzero(t))) / max(1, int(np.count_nonzero(t)))
+            for t, a, d in zip(truths, reported, defective) if d]
+
+
+def score_group(truths, coarse, final, flagged, decisions, seconds, labels, areas) -> dict:
     """Every reported number for one group of images (all of them, or one defect type)."""
     defective = labels
+    errors = area_errors(truths, areas, defective)
     ious = [100 * iou(p, t) for p, t, d in zip(final, truths, defective) if d]
     coarse_ious = [100 * iou(p, t) for p, t, d in zip(coarse, truths, defective) if d]
     return {
@@ -53,28 +64,37 @@ def score_group(truths, coarse, final, flagged, decisions, seconds, labels) -> d
         "pixel_f1": pooled_f1(truths, final), "coarse_pixel_f1": pooled_f1(truths, coarse),
         "mean_iou": float(np.mean(ious)) if ious else float("nan"),
         "coarse_mean_iou": float(np.mean(coarse_ious)) if coarse_ious else float("nan"),
+        "area_within_10pct": rate([e <= 0.10 for e in errors]),
+        "area_error_median": float(np.median(errors)) if errors else float("nan"),
         "refine_seconds_median": float(np.median(seconds)) if seconds else float("nan"),
         "refine_seconds_p90": float(np.percentile(seconds, 90)) if seconds else float("nan"),
     }
 
 
 def evaluate_deployed(model: str | Path, data: str | Path, out: str | Path | None = None, limit: int = 0,
-                      overlays: int = 8, device: str = "auto", progress: bool = True) -> dict:
-    inspector = Inspector.from_bundle(model, device=device)
-    test = load_test(data, inspector.image_size, progress=progress)
+                      overlays: int = 8, device: str = "auto", progress: bool = True,
+                      screening: str | Path | None = None) -> dict:
+    chain = NativeChain.from_bundles(model, screening, device=device)
+    inspector = chain.refiner
+    test = load_test(data, None, progress=progress)  # scored at the data's own resolution
     used = {str(Path(p).resolve()) for p in (load_calibration(model) or {}).get("defects_used", [])}
     keep = [i for i, p in enumerate(test.paths) if str(Path(p).resolve()) not in used]
     if limit:
         keep = keep[:limit]
     test = test.subset(keep)
-    runs: list[Inspection] = [inspector.inspect(img) for img in
-                              tqdm(test.images, desc="deployed chain", unit="img", disable=not progress, leave=False)]
+    runs: list[NativeInspection] = [chain.inspect(img) for img in tqdm(
+        test.images, desc="deployed chain", unit="img", disable=not progress, leave=False)]
     result = summarise(test, runs)
-    oracle_threshold, oracle_f1 = metrics.f1_optimal_threshold(test.masks, np.stack([r.coarse_map for r in runs]))
+    height, width = test.images.shape[1:3]
+    screen_maps = np.stack([cv2.resize(r.screen_map, (width, height), interpolation=cv2.INTER_LINEAR) for r in runs])
+    oracle_threshold, oracle_f1 = metrics.f1_optimal_threshold(test.masks, screen_maps)
+    del screen_maps
     result.update({
         "oracle_coarse": {"note": "threshold F1-optimal on this test set (uses its labels): not deployable",
                           "threshold": oracle_threshold, "pixel_f1": oracle_f1},
         "chain": inspector.settings.to_dict(), "model": str(model), "data": str(data), "method": inspector.method.name,
+        "screening": str(screening) if screening else str(model), "tile": chain.tile,
+        "resolution": [int(height), int(width)],
         "defects_left_out": len(used), "command": command_line(), "machine": machine(),
         "date": time.strftime("%Y-%m-%d %H:%M"),
     })
@@ -90,14 +110,15 @@ def evaluate_deployed(model: str | Path, data: str | Path, out: str | Path | Non
     return result
 
 
-def summarise(test, runs: list[Inspection]) -> dict:
+def summarise(test, runs: list[NativeInspection]) -> dict:
     truths = np.asarray(test.masks, bool)
-    coarse = np.stack([r.coarse_mask for r in runs])
-    final = np.stack([r.mask for r in runs])
+    coarse = np.stack([r.full_coarse() for r in runs])
+    final = np.stack([r.full_mask() for r in runs])
     flagged = [r.flagged for r in runs]
     decisions = [r.decision for r in runs]
     seconds = [r.refine_seconds for r in runs if r.refine_seconds is not None]
-    result = score_group(truths, coarse, final, flagged, decisions, seconds, np.asarray(test.labels, bool))
+    areas = [sum(d["area_px"] for d in r.defects) for r in runs]
+    result = score_group(truths, coarse, final, flagged, decisions, seconds, np.asarray(test.labels, bool), areas)
     result["n_refined"] = len(seconds)
     per_type = {}
     for kind in sorted(set(test.defect_types)):
@@ -105,7 +126,7 @@ def summarise(test, runs: list[Inspection]) -> dict:
         per_type[kind] = score_group(truths[idx], coarse[idx], final[idx], [flagged[i] for i in idx],
                                      [decisions[i] for i in idx],
                                      [runs[i].refine_seconds for i in idx if runs[i].refine_seconds is not None],
-                                     np.asarray(test.labels, bool)[idx])
+                                     np.asarray(test.labels, bool)[idx], [areas[i] for i in idx])
     result["per_type"] = per_type
     return result
 
@@ -129,13 +150,13 @@ def format_table(r: dict) -> str:
         return "   -" if v != v else format(v, fmt)
 
     head = (f"{'type':<16}{'n':>4}{'recall%':>9}{'good flag%':>11}{'good defect%':>13}{'pixF1':>7}{'coarseF1':>9}"
-            f"{'IOU':>7}{'coarseIOU':>10}{'s med':>7}{'s p90':>7}")
+            f"{'IOU':>7}{'coarseIOU':>10}{'area±10%':>9}{'s med':>7}{'s p90':>7}")
     lines = ["Deployed chain (thresholds and settings from the bundle only; no test label used)", head]
     rows = [*r["per_type"].items(), ("all", r)]
     for name, g in rows:
         lines.append(f"{name:<16}{g['n']:>4}{pct(g['frame_recall']):>9}{pct(g['good_flagged_rate']):>11}"
                      f"{pct(g['good_defect_rate']):>13}{num(g['pixel_f1'], '.3f'):>7}{num(g['coarse_pixel_f1'], '.3f'):>9}"
-                     f"{num(g['mean_iou'], '.1f'):>7}{num(g['coarse_mean_iou'], '.1f'):>10}"
+                     f"{num(g['mean_iou'], '.1f'):>7}{num(g['coarse_mean_iou'], '.1f'):>10}{pct(g['area_within_10pct']):>9}"
                      f"{num(g['refine_seconds_median'], '.2f'):>7}{num(g['refine_seconds_p90'], '.2f'):>7}")
     o = r.get("oracle_coarse")
     if o:
@@ -151,7 +172,7 @@ def outlined(image: np.ndarray, mask: np.ndarray, colour: tuple[float, float, fl
     return out.astype(np.float32) / 255
 
 
-def write_overlays(folder: Path, test, runs: list[Inspection], n: int) -> None:
+def write_overlays(folder: Path, test, runs: list[NativeInspection], n: int) -> None:
     """Panels image | truth | coarse | final for a few images of each type (defects and good ones
     the chain flagged), so a person can look."""
     per_type = max(1, n // max(1, len(set(test.defect_types))))
@@ -161,8 +182,8 @@ def write_overlays(folder: Path, test, runs: list[Inspection], n: int) -> None:
             continue
         chosen[kind] = chosen.get(kind, 0) + 1
         img = test.images[i]
-        panel = np.concatenate([img, outlined(img, test.masks[i], (0, 1, 0)), outlined(img, run.coarse_mask, (1, 1, 0)),
-                                outlined(img, run.mask, (1, 0, 0))], axis=1)
+        panel = np.concatenate([img, outlined(img, test.masks[i], (0, 1, 0)), outlined(img, run.full_coarse(), (1, 1, 0)),
+                                outlined(img, run.full_mask(), (1, 0, 0))], axis=1)
         write_image(folder / f"{kind}_{i:03d}_{run.decision}.png", panel)
 
 

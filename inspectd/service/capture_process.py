@@ -20,6 +20,8 @@ from typing import Callable, Iterator
 import numpy as np
 import zmq
 
+from inspectd.deploy.inspector import ChainSettings, coarse_threshold
+from inspectd.deploy.native import flagged_regions
 from inspectd.errors import ConfigError
 from inspectd.service.capture import Frame, open_source, paced
 from inspectd.service.lifecycle import reload_model, signal_handlers
@@ -34,7 +36,7 @@ from inspectd.service.transport import Reconnector, Transport, recv_multipart_no
 log = logging.getLogger(__name__)
 ScreenFn = Callable[[np.ndarray], tuple[np.ndarray, float]]
 DROP_REASONS = ("spool_full", "spool_full_dropped_oldest", "spool_entry_too_large", "spool_corrupt", "oversized",
-                "screening_failed")
+                "screening_failed", "frame_too_large")
 
 
 @dataclass
@@ -44,6 +46,8 @@ class Screening:
     screen: ScreenFn
     threshold: float
     model_id: str = "unknown"
+    # the bundle's chain settings: with them, flagged frames carry their regions in native pixels
+    chain: ChainSettings | None = None
 
 
 class FrameSender(threading.Thread):
@@ -114,6 +118,12 @@ class CaptureLoop:
         m = self.metrics
         m.frames_captured.labels(self.camera).inc()
         self.counts["frames"] += 1
+        height, width = frame.image.shape[:2]
+        if height * width > self.settings.transport.max_frame_pixels:
+            log.warning("frame %s: %dx%d exceeds transport.max_frame_pixels=%d; dropped", frame.id, width, height,
+                        self.settings.transport.max_frame_pixels)
+            m.drops.labels("frame_too_large").inc()
+            return False
         started = time.perf_counter()
         try:
             score_map, score = self.screening.screen(frame.image)
@@ -135,6 +145,9 @@ class CaptureLoop:
                   "screened_at": time.time(), "score": score, "threshold": float(self.screening.threshold),
                   "map_summary": map_summary(score_map, self.screening.threshold),
                   "model_id": self.screening.model_id, "px_per_mm": self.settings.px_per_mm}
+        if self.screening.chain is not None:
+            threshold = coarse_threshold(self.screening.chain, float(np.max(score_map)))
+            header["regions"] = flagged_regions(score_map, threshold, frame.image.shape[:2])
         parts = encode_frame(header, frame.image)
         size = sum(len(p) for p in parts)
         if size > self.settings.transport.max_message_bytes:
@@ -149,12 +162,14 @@ def run_capture(settings: Settings, screen: ScreenFn, stop_event: threading.Even
                 threshold: float | None = None, model_id: str = "unknown",
                 reload: Callable[[], Screening] | None = None, reload_event: threading.Event | None = None,
                 frames: Iterator[Frame | None] | None = None, metrics: ServiceMetrics | None = None,
-                notifier: Notifier | None = None, on_frame: Callable[[Frame, bool], None] | None = None) -> dict:
+                notifier: Notifier | None = None, on_frame: Callable[[Frame, bool], None] | None = None,
+                chain: ChainSettings | None = None) -> dict:
     """Run until the source ends and every flagged frame is acked, or until stop_event.
 
     `threshold` is the model's image threshold; settings.screening.threshold overrides it.
     `reload` is called after SIGHUP (or when reload_event is set) between two frames.
     `frames` replaces the configured source; `on_frame(frame, flagged)` observes each frame.
+    `chain` (the screening bundle's ChainSettings) makes flagged frames carry their regions.
     Returns counts. On return the spool keeps every unacked frame for the next start.
     """
     threshold = settings.screening.threshold if settings.screening.threshold is not None else threshold
@@ -173,7 +188,7 @@ def run_capture(settings: Settings, screen: ScreenFn, stop_event: threading.Even
     except BaseException:  # e.g. the port is taken: release the context and the authenticator thread
         transport.close()
         raise
-    loop = CaptureLoop(settings, Screening(screen, float(threshold), model_id), metrics, spool)
+    loop = CaptureLoop(settings, Screening(screen, float(threshold), model_id, chain), metrics, spool)
     source = frames if frames is not None else open_source(
         settings.capture, settings.camera_id, stop_event, lambda reason: metrics.source_errors.labels(reason).inc())
     serving = settings.metrics.port is not None  # else the caller serves (or not) its metrics

@@ -72,7 +72,8 @@ def cmd_capture(args, build_screener: BuildScreener) -> None:
     settings = settings_for(args)
     screening = build_screener(settings)
     summary = run_capture(settings, screening.screen, threading.Event(), threshold=screening.threshold,
-                          model_id=screening.model_id, reload=lambda: build_screener(settings_for(args)))
+                          model_id=screening.model_id, reload=lambda: build_screener(settings_for(args)),
+                          chain=screening.chain)
     print(f"capture: {summary}")
 
 
@@ -103,7 +104,7 @@ def cmd_run(args, build_screener: BuildScreener, build_refiner: BuildRefiner, ou
     ready.wait(10)
     summary = run_capture(settings, screening.screen, stop, threshold=screening.threshold,
                           model_id=screening.model_id, metrics=metrics,
-                          reload=lambda: build_screener(settings_for(args)))
+                          reload=lambda: build_screener(settings_for(args)), chain=screening.chain)
     # each result is published before capture sees it as an ack; give the printer a moment for the last
     deadline = time.monotonic() + 5
     while printer.is_alive() and len(printed) < summary["spooled"] and time.monotonic() < deadline:

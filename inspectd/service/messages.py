@@ -1,7 +1,10 @@
 """The wire schema between capture, refiners and subscribers (documented in docs/messages.md).
 
 Frame message (capture PUSH -> refiner PULL): [header JSON, encoded image].
-Result message (refiner PUB -> subscribers): [topic `defect.<camera>`, result JSON, mask PNG].
+Result message (refiner PUB -> subscribers), schema 2: [topic `defect.<camera>`, result JSON,
+one PNG per mask crop]; schema 1 (still parsed): [topic, result JSON, full-frame mask PNG].
+A result's mask travels as crops around its defects so that a 20-megapixel frame with one
+small defect gives a message of a few KiB, not a full-frame PNG.
 
 Parsing is strict: anything unexpected raises MessageError(kind, detail), where kind is one
 of MESSAGE_ERROR_KINDS and becomes the label of the bad-input counter. Pure functions only.
@@ -17,8 +20,12 @@ import numpy as np
 
 from inspectd.data.images import decode_image, encode_png
 from inspectd.errors import BadImageError, InspectdError
+from inspectd.geometry import Box, CroppedMask
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+RESULT_SCHEMAS = (1, 2)  # result versions subscribers read (1: full-frame mask PNG)
+FRAME_SCHEMAS = (1, 2)  # frame versions refiners read (2 adds the optional `regions`)
+MAX_MASK_CROPS = 256  # defects per result; more crops are merged into one box
 TOPIC_PREFIX = "defect."
 MESSAGE_ERROR_KINDS = ("malformed", "oversized", "bad_image", "wrong_size", "schema_version")
 DECISIONS = ("defect", "ok", "error")
@@ -63,31 +70,38 @@ def map_summary(score_map: np.ndarray, threshold: float) -> dict:
 
 # --- frames ----------------------------------------------------------------------------------
 def encode_frame(header: dict, image: np.ndarray) -> list[bytes]:
-    """Header fields (without schema, size, encoding, which are filled in) + float RGB image."""
-    full = {**header, "schema": SCHEMA_VERSION, "height": int(image.shape[0]), "width": int(image.shape[1]),
-            "encoding": "png"}
+    """Header fields (without schema, size, encoding, which are filled in) + float RGB image.
+    Optional `regions`: Boxes (or [x, y, w, h] lists) in the frame's pixels."""
+    regions = [r.as_list() if isinstance(r, Box) else list(r) for r in header.get("regions", [])]
+    full = {**header, **({"regions": regions} if "regions" in header else {}), "schema": SCHEMA_VERSION,
+            "height": int(image.shape[0]), "width": int(image.shape[1]), "encoding": "png"}
     check_fields(full, FRAME_FIELDS, "frame header")
     return [dumps(full), encode_png(image)]
 
 
-def parse_frame(parts: list[bytes], max_bytes: int,
-                expected_size: tuple[int, int] | None = None) -> tuple[dict, np.ndarray]:
-    """Validate a frame message; returns (header, float RGB image)."""
+def parse_frame(parts: list[bytes], max_bytes: int, expected_size: tuple[int, int] | None = None,
+                max_pixels: int | None = None) -> tuple[dict, np.ndarray]:
+    """Validate a frame message; returns (header, float RGB image). A frame declaring more than
+    max_pixels is refused before its image is decoded."""
     total = sum(len(p) for p in parts)
     if total > max_bytes:
         raise MessageError("oversized", f"frame message of {total} bytes exceeds max_message_bytes={max_bytes}")
     if len(parts) != 2:
         raise MessageError("malformed", f"frame message has {len(parts)} parts, expected 2 (header, image)")
     header = loads(parts[0], "frame header")
-    check_schema(header)
+    check_schema(header, FRAME_SCHEMAS)
     check_fields(header, FRAME_FIELDS, "frame header")
     if header["encoding"] != "png":
         raise MessageError("malformed", f"frame encoding {header['encoding']!r}, expected 'png'")
+    declared = (header["height"], header["width"])
+    if max_pixels is not None and declared[0] * declared[1] > max_pixels:
+        raise MessageError("oversized", f"frame {header['frame_id']}: {declared[1]}x{declared[0]} exceeds "
+                                        f"max_frame_pixels={max_pixels}")
+    header["regions"] = frame_regions(header, *declared)  # cheap checks before decoding
     try:
         image = decode_image(parts[1], f"frame {header['frame_id']}")
     except BadImageError as exc:
         raise MessageError("bad_image", str(exc)) from None
-    declared = (header["height"], header["width"])
     if image.shape[:2] != declared:
         raise MessageError("wrong_size", f"frame {header['frame_id']}: image is {image.shape[1]}x{image.shape[0]}, "
                                          f"header says {declared[1]}x{declared[0]}")
@@ -97,34 +111,107 @@ def parse_frame(parts: list[bytes], max_bytes: int,
     return header, image
 
 
+def frame_regions(header: dict, height: int, width: int) -> list[Box]:
+    """Schema 2's optional flagged regions, checked to lie inside the frame (native pixels)."""
+    regions = header.get("regions", [])
+    if not isinstance(regions, list) or len(regions) > MAX_MASK_CROPS:
+        raise MessageError("malformed", f"frame regions must be a list of at most {MAX_MASK_CROPS} boxes")
+    return [check_box(r, height, width, "frame region") for r in regions]
+
+
 # --- results ---------------------------------------------------------------------------------
-def encode_result(result: dict, mask: np.ndarray) -> list[bytes]:
-    """Result fields (without schema and mask, which are filled in) + bool mask -> 3 parts."""
+ResultMask = CroppedMask  # a result's mask: crops of the frame, pasted together by .full()
+
+
+def defect_boxes(defects: list[dict], height: int, width: int) -> list[Box]:
+    """The crops a result carries: one per defect (its bbox), at most MAX_MASK_CROPS."""
+    boxes = [Box(*d["bbox"]).clip(height, width) for d in defects]
+    if len(boxes) > MAX_MASK_CROPS:  # a storm of tiny regions: one box around the rest
+        boxes = boxes[:MAX_MASK_CROPS - 1] + [Box.union(boxes[MAX_MASK_CROPS - 1:])]
+    return [b for b in boxes if b.w > 0 and b.h > 0]
+
+
+def capped(mask: ResultMask) -> ResultMask:
+    """At most MAX_MASK_CROPS crops: the rest pasted into one box around them."""
+    if len(mask.crops) <= MAX_MASK_CROPS:
+        return mask
+    keep, rest = mask.crops[:MAX_MASK_CROPS - 1], mask.crops[MAX_MASK_CROPS - 1:]
+    box = Box.union([b for b, _ in rest])
+    merged = np.zeros((box.h, box.w), bool)
+    for b, crop in rest:
+        merged[b.relative_to(box).slices] |= crop
+    return ResultMask(mask.height, mask.width, [*keep, (box, merged)])
+
+
+def encode_result(result: dict, mask: np.ndarray | ResultMask) -> list[bytes]:
+    """Result fields (without schema and mask, which are filled in) + the mask (a full-frame bool
+    array, cropped here around the result's defects, or a ResultMask) -> 2 + n_crops parts."""
+    if not isinstance(mask, ResultMask):
+        mask = np.asarray(mask, bool)
+        mask = ResultMask.from_full(mask, defect_boxes(result.get("defects", []), *mask.shape))
+    mask = capped(mask)
     full = {**result, "schema": SCHEMA_VERSION,
-            "mask": {"width": int(mask.shape[1]), "height": int(mask.shape[0]), "encoding": "png"}}
+            "mask": {"width": mask.width, "height": mask.height, "encoding": "png-crops",
+                     "crops": [b.as_list() for b, _ in mask.crops]}}
     check_fields(full, RESULT_FIELDS, "result")
-    return [topic_for(full["camera"]).encode(), dumps(full), encode_png(np.asarray(mask, bool))]
+    return [topic_for(full["camera"]).encode(), dumps(full), *(encode_png(c) for _, c in mask.crops)]
 
 
-def parse_result(parts: list[bytes]) -> tuple[dict, np.ndarray]:
-    """Validate a result message; returns (result, bool mask)."""
-    if len(parts) != 3:
-        raise MessageError("malformed", f"result message has {len(parts)} parts, expected 3 (topic, JSON, mask)")
+def parse_result(parts: list[bytes]) -> tuple[dict, ResultMask]:
+    """Validate a result message (schema 1 or 2); returns (result, mask)."""
+    if len(parts) < 2:
+        raise MessageError("malformed", f"result message has {len(parts)} parts, expected topic, JSON, mask")
     result = loads(parts[1], "result")
-    check_schema(result)
+    check_schema(result, RESULT_SCHEMAS)
     check_fields(result, RESULT_FIELDS, "result")
     if parts[0] != topic_for(result["camera"]).encode():
         raise MessageError("malformed", f"topic {parts[0][:80]!r} does not match camera {result['camera']!r}")
     if result["decision"] not in DECISIONS:
         raise MessageError("malformed", f"decision {result['decision']!r}, expected one of {DECISIONS}")
-    try:
-        mask = decode_image(parts[2], f"mask of {result['frame_id']}").max(axis=2) > 0.5
-    except BadImageError as exc:
-        raise MessageError("bad_image", str(exc)) from None
-    if mask.shape != (result["mask"].get("height"), result["mask"].get("width")):
-        raise MessageError("wrong_size", f"mask of {result['frame_id']} is {mask.shape[1]}x{mask.shape[0]}, "
-                                         f"result says {result['mask']}")
-    return result, mask
+    height, width = mask_size(result)
+    boxes = mask_boxes(result, height, width)
+    if len(parts) != 2 + len(boxes):
+        raise MessageError("malformed", f"result message has {len(parts)} parts, expected {2 + len(boxes)} "
+                                        f"(topic, JSON, {len(boxes)} mask part(s))")
+    crops = []
+    for box, data in zip(boxes, parts[2:]):
+        try:
+            crop = decode_image(data, f"mask of {result['frame_id']}").max(axis=2) > 0.5
+        except BadImageError as exc:
+            raise MessageError("bad_image", str(exc)) from None
+        if crop.shape != (box.h, box.w):
+            raise MessageError("wrong_size", f"mask crop of {result['frame_id']} is {crop.shape[1]}x{crop.shape[0]}, "
+                                             f"result says {box.w}x{box.h}")
+        crops.append((box, crop))
+    return result, ResultMask(height, width, crops)
+
+
+def mask_size(result: dict) -> tuple[int, int]:
+    mask = result["mask"]
+    height, width = mask.get("height"), mask.get("width")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 65536 for v in (height, width)):
+        raise MessageError("malformed", f"result mask size {width!r}x{height!r} is not two ints in 1..65536")
+    return height, width
+
+
+def mask_boxes(result: dict, height: int, width: int) -> list[Box]:
+    """Where the mask parts go: schema 1 has one full-frame part, schema 2 lists its crops."""
+    if result["schema"] == 1:
+        return [Box(0, 0, width, height)]
+    encoding, crops = result["mask"].get("encoding"), result["mask"].get("crops")
+    if encoding != "png-crops" or not isinstance(crops, list) or len(crops) > MAX_MASK_CROPS:
+        raise MessageError("malformed", f"result mask must be png-crops with at most {MAX_MASK_CROPS} crops")
+    return [check_box(c, height, width, "mask crop") for c in crops]
+
+
+def check_box(value, height: int, width: int, what: str) -> Box:
+    if not (isinstance(value, list) and len(value) == 4
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+        raise MessageError("malformed", f"{what} {str(value)[:80]} is not [x, y, width, height] ints")
+    box = Box(*value)
+    if box.w < 1 or box.h < 1 or box != box.clip(height, width):
+        raise MessageError("malformed", f"{what} {value} is empty or outside the {width}x{height} frame")
+    return box
 
 
 # --- shared checks ---------------------------------------------------------------------------
@@ -146,10 +233,10 @@ def reject_constant(name: str):
     raise ValueError(f"{name} is not allowed")  # NaN / Infinity are not JSON numbers
 
 
-def check_schema(obj: dict) -> None:
+def check_schema(obj: dict, accepted: tuple[int, ...]) -> None:
     version = obj.get("schema")
-    if version != SCHEMA_VERSION:
-        raise MessageError("schema_version", f"schema {version!r}, this build speaks schema {SCHEMA_VERSION}")
+    if isinstance(version, bool) or version not in accepted:
+        raise MessageError("schema_version", f"schema {version!r}, this build reads schema {accepted}")
 
 
 def check_fields(obj: dict, fields: dict, what: str) -> None:

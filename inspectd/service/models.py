@@ -17,12 +17,14 @@ import numpy as np
 from inspectd.bundle import export_to_bundle, load_calibration
 from inspectd.bundle.demo import fit_demo_bundle
 from inspectd.deploy import ChainSettings, Inspector
+from inspectd.deploy.native import NativeChain, downscale
 from inspectd.errors import BundleError, InspectdError
 from inspectd.methods import load_method
 from inspectd.methods.base import read_bundle_config
 from inspectd.methods.export import ONNX_FILE, OnnxScreener
 from inspectd.service.capture_process import Screening
-from inspectd.service.refiner_process import Refinement
+from inspectd.geometry import Box
+from inspectd.service.refiner_process import RefinedFrame, Refinement
 from inspectd.service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -45,13 +47,11 @@ def resolve_bundle(settings: Settings, path: Path | None, role: str) -> Path:
     return bundle
 
 
-def screen_threshold(settings: Settings, bundle: Path) -> float:
-    """The chain's screening threshold: the line's screening.threshold, else the bundle's."""
-    if settings.screening.threshold is not None:
-        return float(settings.screening.threshold)
+def screening_chain(settings: Settings, bundle: Path) -> ChainSettings:
+    """The chain's settings as the capture uses them: the bundle's, with the line's threshold."""
     _, cfg = read_bundle_config(bundle)
     chain = ChainSettings.from_calibration(load_calibration(bundle), cfg.get("thresholds", {}))
-    return chain.screen_threshold
+    return chain.override(screen_threshold=settings.screening.threshold)
 
 
 def build_screener(settings: Settings) -> Screening:
@@ -59,22 +59,36 @@ def build_screener(settings: Settings) -> Screening:
     if not (bundle / ONNX_FILE).is_file():
         export_to_bundle(load_method(bundle), bundle)
     screener = OnnxScreener(bundle, device=settings.screening.device)
-    threshold = screen_threshold(settings, bundle)
-    log.info("screening with %s on %s, threshold %.4f", bundle.name, screener.provider, threshold)
-    return Screening(screen=screener, threshold=threshold, model_id=screener.model_id)
+    chain = screening_chain(settings, bundle)
+
+    def screen(frame: np.ndarray) -> tuple[np.ndarray, float]:
+        return screener(downscale(frame, screener.size))  # native frames are screened downscaled
+
+    log.info("screening with %s on %s at %d px, threshold %.4f", bundle.name, screener.provider, screener.size,
+             chain.screen_threshold)
+    return Screening(screen=screen, threshold=chain.screen_threshold, model_id=screener.model_id, chain=chain)
 
 
 def build_refiner(settings: Settings) -> Refinement:
+    """The deployed chain for flagged frames of any size: a whole-frame bundle refines the frame
+    downscaled to its size (mask upsampled), a tile bundle (`fit --tile`) native crops around
+    the regions the capture flagged (the whole frame when a frame carries none)."""
     bundle = resolve_bundle(settings, settings.refiner.model, "refiner")
     inspector = Inspector.from_bundle(bundle, device=settings.refiner.device,
                                       screen_threshold=settings.screening.threshold,
                                       min_defect_area_px=settings.refiner.min_area_px, f2pad=settings.refiner.f2pad)
+    tile = (load_calibration(bundle) or {}).get("tile")
+    chain = NativeChain(inspector, tile=int(tile) if tile else None)
 
-    def refine_frame(image: np.ndarray, header: dict) -> tuple[np.ndarray, np.ndarray, dict]:
-        inspection = inspector.refine(image, score=header.get("score"))
-        return inspection.mask, inspection.coarse_map, inspection.stats
+    def refine_frame(image: np.ndarray, header: dict) -> RefinedFrame:
+        regions = header.get("regions") or [Box(0, 0, image.shape[1], image.shape[0])]
+        px_per_mm = header.get("px_per_mm") or settings.px_per_mm
+        run = chain.refine(image, regions, score=float(header.get("score", float("nan"))), px_per_mm=px_per_mm)
+        stats = {"seconds": run.refine_seconds, "iterations": run.iterations, "device": inspector.device.type,
+                 "windows": len(run.windows)}
+        return RefinedFrame(run.decision, run.defects, run.mask, stats)
 
-    size = inspector.image_size
-    log.info("refining with %s (F2PAD) on %s: %s", bundle.name, inspector.device, inspector.settings)
-    return Refinement(refine=refine_frame, model_id=inspector.model_id, image_size=(size, size),
+    scale = f"native crops of {tile} px" if tile else f"frames at {inspector.image_size} px"
+    log.info("refining with %s (F2PAD, %s) on %s: %s", bundle.name, scale, inspector.device, inspector.settings)
+    return Refinement(refine=refine_frame, model_id=inspector.model_id, image_size=None,
                       min_area_px=inspector.settings.min_defect_area_px)

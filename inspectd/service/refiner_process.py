@@ -1,8 +1,9 @@
 """The refiner process: PULL flagged frames -> validate -> refine -> measure -> PUB the result.
 
-The refinement model arrives as a plain callable
-`refine(image, header) -> (bool mask, score_map, stats)`, stats with `iterations` (and
-optionally `seconds`, `device`). A bad message is counted by kind and skipped; a refinement that
+The refinement model arrives as a plain callable `refine(image, header)` that returns either a
+RefinedFrame (the deployed chain: decision, defects and mask crops in the frame's own pixels,
+already judged) or `(bool mask, score_map, stats)` at the frame's size, judged here; stats
+with `iterations` (and optionally `seconds`, `device`). A bad message is counted by kind and skipped; a refinement that
 raises is published with decision "error" (so capture stops resending a frame that can never
 succeed); nothing here ends the process except stop_event.
 """
@@ -20,7 +21,8 @@ import numpy as np
 import zmq
 
 from inspectd.errors import InspectdError
-from inspectd.deploy.inspector import MIN_DEFECT_AREA_PX, judge
+from inspectd.deploy.inspector import MIN_DEFECT_AREA_PX, OK, judge
+from inspectd.geometry import Box, CroppedMask
 from inspectd.service.lifecycle import reload_model, signal_handlers
 from inspectd.service.messages import MESSAGE_ERROR_KINDS, MessageError, encode_result, parse_frame
 from inspectd.service.metrics import ServiceMetrics
@@ -29,7 +31,17 @@ from inspectd.service.settings import Settings
 from inspectd.service.transport import Reconnector, Transport, recv_multipart_nowait
 
 log = logging.getLogger(__name__)
-RefineFn = Callable[[np.ndarray, dict], tuple[np.ndarray, np.ndarray, dict]]
+@dataclass
+class RefinedFrame:
+    """A frame the chain has judged: defects and mask crops in the frame's own pixels."""
+
+    decision: str
+    defects: list[dict]
+    mask: CroppedMask
+    stats: dict
+
+
+RefineFn = Callable[[np.ndarray, dict], "RefinedFrame | tuple[np.ndarray, np.ndarray, dict]"]
 RECENT_RESULTS = 64  # results kept to answer a resent frame without refining it again
 
 
@@ -54,7 +66,7 @@ class RefinerLoop:
         self.counts["received"] += 1
         try:
             header, image = parse_frame(parts, self.settings.transport.max_message_bytes,
-                                        self.refinement.image_size)
+                                        self.refinement.image_size, self.settings.transport.max_frame_pixels)
         except MessageError as exc:
             log.warning("rejected frame message: %s", exc)
             self.metrics.bad_inputs.labels(exc.kind).inc()
@@ -68,20 +80,17 @@ class RefinerLoop:
         self.publish(result, mask)
         return result
 
-    def refine(self, header: dict, image: np.ndarray) -> tuple[dict, np.ndarray]:
+    def refine(self, header: dict, image: np.ndarray) -> tuple[dict, CroppedMask]:
         started = time.perf_counter()
         try:
-            mask, score_map, stats = self.refinement.refine(image, header)
-            mask, score_map = check_outputs(mask, score_map, image.shape[:2])
+            refined = self.judged(self.refinement.refine(image, header), header, image.shape[:2])
             error = None
         except Exception as exc:  # a model failure on one frame is reported, not fatal
             log.error("refining frame %s failed: %s", header["frame_id"], exc)
-            mask, score_map, stats, error = np.zeros(image.shape[:2], bool), None, {}, str(exc)
+            refined, error = RefinedFrame(OK, [], CroppedMask(*image.shape[:2], []), {}), str(exc)
         seconds = time.perf_counter() - started
         self.metrics.refinement_latency.observe(seconds)
-        px_per_mm = header.get("px_per_mm") or self.settings.px_per_mm
-        min_area = self.refinement.min_area_px or self.settings.refiner.min_area_px or MIN_DEFECT_AREA_PX
-        decision, defects, mask = judge(mask, score_map, min_area, px_per_mm)
+        decision, defects, mask, stats = refined.decision, refined.defects, refined.mask, refined.stats
         result = {
             "frame_id": header["frame_id"], "camera": header["camera"],
             "timestamps": {"captured": header["captured_at"], "screened": header["screened_at"],
@@ -96,7 +105,7 @@ class RefinerLoop:
             result["error"] = error[:500]
         return result, mask
 
-    def publish(self, result: dict, mask: np.ndarray) -> None:
+    def publish(self, result: dict, mask: CroppedMask) -> None:
         result["timestamps"]["published"] = time.time()
         parts = encode_result(result, mask)
         self.pub.send_multipart(parts)
@@ -108,6 +117,21 @@ class RefinerLoop:
         m.frames_refined.labels(result["camera"]).inc()
         m.results_published.labels(result["decision"]).inc()
         m.defects_published.labels(result["camera"]).inc(len(result["defects"]))
+
+
+    def judged(self, output, header: dict, shape: tuple[int, int]) -> RefinedFrame:
+        """A refine callable's output as a judged frame (a plain mask is judged here)."""
+        if isinstance(output, RefinedFrame):
+            if (output.mask.height, output.mask.width) != shape:
+                raise InspectdError(f"refine returned a mask of {output.mask.width}x{output.mask.height} "
+                                    f"for a {shape[1]}x{shape[0]} frame")
+            return output
+        mask, score_map, stats = output
+        mask, score_map = check_outputs(mask, score_map, shape)
+        px_per_mm = header.get("px_per_mm") or self.settings.px_per_mm
+        min_area = self.refinement.min_area_px or self.settings.refiner.min_area_px or MIN_DEFECT_AREA_PX
+        decision, defects, mask = judge(mask, score_map, min_area, px_per_mm)
+        return RefinedFrame(decision, defects, CroppedMask.from_full(mask, [Box(*d["bbox"]) for d in defects]), stats)
 
 
 def check_outputs(mask, score_map, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:

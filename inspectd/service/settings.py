@@ -112,7 +112,10 @@ class TransportSettings(Section):
     results_bind: str = "tcp://127.0.0.1:5556"  # refiner binds PUB here (one port per refiner)
     results_connect: list[str] = ["tcp://127.0.0.1:5556"]  # capture and watch SUBscribe to every refiner
     hwm: int = Field(100, ge=1)  # messages queued per peer before sends wait or drop
-    max_message_bytes: int = Field(16 * 2**20, ge=1024)  # larger frame messages are rejected
+    # larger frame messages are rejected: a 5 MP camera frame is about 10 MiB as PNG, 20 MP about 40
+    max_message_bytes: int = Field(64 * 2**20, ge=1024)
+    # frames with more pixels are refused before decoding (capture and refiner): bounds memory
+    max_frame_pixels: int = Field(25_000_000, ge=256)
     # a (re)started refiner publishes nothing for this long after binding PUB, so subscribers
     # (capture's ack listener, watch, the PLC) reconnect first: PUB drops what they miss
     pub_grace_s: float = Field(1.0, ge=0)

@@ -1,0 +1,248 @@
+"""The inspection chain at the camera's own resolution.
+
+Screening sees the frame downscaled to its bundle's size (cheap enough for every frame); the
+coarse-mask rule turns its map into flagged regions, mapped to native pixels exactly
+(geometry.box_to_native). Refinement then depends on the refiner bundle:
+
+- a tile bundle (`inspectd fit --tile T`, fitted on T x T crops of native-resolution normal
+  images) refines T x T windows of native pixels around each region, so its features have the
+  scale they were fitted at; masks, areas and axes come out in native pixels;
+- a whole-frame bundle (today's pipeline) refines the downscaled frame and its mask is
+  upsampled to the native size.
+
+Nothing here allocates a full-frame feature map: features are computed on the downscaled frame
+or on T x T windows, and masks travel as crops around their regions (geometry.CroppedMask).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from inspectd.deploy.inspector import DEFECT, OK, Inspector, coarse_threshold, judge
+from inspectd.geometry import Box, CroppedMask, box_to_native, mask_box
+
+WINDOW_OVERLAP = 0.25  # share of a window shared with its neighbour when a region needs several
+
+
+@dataclass
+class NativeInspection:
+    """One native frame through the chain; masks are crops of the (height, width) frame."""
+
+    height: int
+    width: int
+    score: float
+    flagged: bool
+    decision: str
+    regions: list[Box] = field(default_factory=list)  # flagged regions, native pixels
+    windows: list[Box] = field(default_factory=list)  # what was refined, native pixels
+    coarse: CroppedMask | None = None
+    mask: CroppedMask | None = None
+    defects: list[dict] = field(default_factory=list)  # native pixels (and mm)
+    refine_seconds: float | None = None
+    screen_map: np.ndarray | None = None  # the screening map, at the screening bundle's size
+    iterations: int = 0  # F2PAD iterations over all windows
+
+    def full_mask(self) -> np.ndarray:
+        return self.mask.full() if self.mask else np.zeros((self.height, self.width), bool)
+
+    def full_coarse(self) -> np.ndarray:
+        return self.coarse.full() if self.coarse else np.zeros((self.height, self.width), bool)
+
+
+def downscale(frame: np.ndarray, size: int) -> np.ndarray:
+    """The frame at the screening bundle's size (area averaging, as cv2 shrinks)."""
+    if frame.shape[:2] == (size, size):
+        return frame
+    interp = cv2.INTER_AREA if min(frame.shape[:2]) > size else cv2.INTER_LINEAR
+    return np.ascontiguousarray(cv2.resize(frame, (size, size), interpolation=interp))
+
+
+def flagged_regions(score_map: np.ndarray, threshold: float, native_hw: tuple[int, int]) -> list[Box]:
+    """Connected regions of the screening map above the coarse-mask threshold, as native boxes,
+    overlapping ones merged."""
+    mask = (np.asarray(score_map) > threshold).astype(np.uint8)
+    n, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    boxes = [Box(int(x), int(y), int(w), int(h)) for x, y, w, h, _ in stats[1:n]]
+    native = [box_to_native(b, native_hw, score_map.shape[:2]) for b in boxes]
+    return merge_overlapping([b for b in native if b.area > 0])
+
+
+def merge_overlapping(boxes: list[Box]) -> list[Box]:
+    """Boxes merged until none overlaps another, so each native pixel has one owner."""
+    boxes = list(boxes)
+    merged = True
+    while merged:
+        merged = False
+        for i in range(len(boxes)):
+            for j in range(i + 1, len(boxes)):
+                if boxes[i].overlaps(boxes[j]):
+                    boxes[i] = Box.union([boxes[i], boxes[j]])
+                    del boxes[j]
+                    merged = True
+                    break
+            if merged:
+                break
+    return sorted(boxes, key=lambda b: (b.y, b.x))
+
+
+def window_starts(start: int, length: int, frame: int, tile: int) -> list[int]:
+    """Window origins (one axis) covering [start, start + length) with tile-sized windows inside
+    the frame; evenly spaced with at least WINDOW_OVERLAP shared when several are needed."""
+    if frame <= tile:
+        return [0]
+    if length <= tile:
+        return [min(max(start + length // 2 - tile // 2, 0), frame - tile)]
+    step = tile * (1 - WINDOW_OVERLAP)
+    n = 1 + math.ceil((length - tile) / step)
+    last = min(start + length - tile, frame - tile)
+    first = max(start, 0)
+    return sorted({round(first + k * (last - first) / (n - 1)) for k in range(n)})
+
+
+def windows_for(region: Box, frame_hw: tuple[int, int], tile: int) -> list[Box]:
+    h, w = frame_hw
+    xs = window_starts(region.x, region.w, w, tile)
+    ys = window_starts(region.y, region.h, h, tile)
+    return [Box(x, y, tile, tile).clip(h, w) for y in ys for x in xs]
+
+
+def cut(frame: np.ndarray, box: Box, tile: int) -> np.ndarray:
+    """The window's pixels, reflected out to tile x tile when the frame is smaller than a tile."""
+    crop = frame[box.slices]
+    pad_y, pad_x = tile - crop.shape[0], tile - crop.shape[1]
+    if pad_y or pad_x:
+        crop = cv2.copyMakeBorder(np.ascontiguousarray(crop), 0, pad_y, 0, pad_x, cv2.BORDER_REFLECT_101)
+    return np.ascontiguousarray(crop, dtype=np.float32)
+
+
+class NativeChain:
+    """Screening on the downscaled frame + refinement in native pixels (tile bundle) or on the
+    downscaled frame with the mask upsampled (whole-frame bundle)."""
+
+    def __init__(self, refiner: Inspector, screener: Inspector | None = None, tile: int | None = None):
+        self.refiner, self.screener = refiner, screener or refiner
+        self.tile = tile  # None: the refiner is a whole-frame bundle
+
+    @classmethod
+    def from_bundles(cls, refiner_dir: str | Path, screening_dir: str | Path | None = None,
+                     device: str = "auto") -> "NativeChain":
+        from inspectd.bundle import load_calibration
+
+        refiner = Inspector.from_bundle(refiner_dir, device=device)
+        tile = (load_calibration(refiner_dir) or {}).get("tile")
+        if tile is not None and screening_dir is None:
+            raise ValueError(f"{refiner_dir} is a tile bundle (fitted on {tile} px crops): it refines native "
+                             "crops but cannot screen whole frames; give a screening bundle too")
+        screener = Inspector.from_bundle(screening_dir, device=device) if screening_dir else None
+        return cls(refiner, screener, int(tile) if tile else None)
+
+    def screen(self, frame: np.ndarray) -> tuple[float, bool, list[Box], np.ndarray]:
+        """(image score, flagged, native regions, screening map) of one native frame."""
+        small = downscale(frame, self.screener.image_size)
+        score_map, score = self.screener.screen(small)
+        flagged = self.screener.flagged(score)
+        regions = []
+        if flagged:
+            threshold = coarse_threshold(self.screener.settings, float(np.max(score_map)))
+            regions = flagged_regions(score_map, threshold, frame.shape[:2])
+        return score, flagged, regions, score_map
+
+    def inspect(self, frame: np.ndarray, px_per_mm: float | None = None) -> NativeInspection:
+        score, flagged, regions, screen_map = self.screen(frame)
+        if not flagged:
+            return NativeInspection(frame.shape[0], frame.shape[1], score, False, OK, screen_map=screen_map)
+        result = self.refine(frame, regions, score, px_per_mm)
+        result.screen_map = screen_map
+        return result
+
+    def refine(self, frame: np.ndarray, regions: list[Box] | None = None, score: float = float("nan"),
+               px_per_mm: float | None = None) -> NativeInspection:
+        """A flagged native frame; regions from the screening (None: screen it here)."""
+        if regions is None:
+            score, _, regions, _ = self.screen(frame)
+        started = time.perf_counter()
+        if self.tile is None:
+            result = self.refine_whole(frame, score, px_per_mm)
+        else:
+            result = self.refine_windows(frame, regions, score, px_per_mm)
+        result.regions = regions
+        result.refine_seconds = time.perf_counter() - started
+        return result
+
+    def refine_whole(self, frame: np.ndarray, score: float, px_per_mm: float | None) -> NativeInspection:
+        """Today's pipeline: refine the downscaled frame, upsample its mask to native pixels."""
+        h, w = frame.shape[:2]
+        run = self.refiner.refine(downscale(frame, self.refiner.image_size), score=score)
+        mask, coarse = upsample(run.mask, (h, w)), upsample(run.coarse_mask, (h, w))
+        score_map = cv2.resize(run.coarse_map, (w, h), interpolation=cv2.INTER_LINEAR)
+        decision, defects, mask = judge(mask, score_map, self.native_min_area(frame), px_per_mm)
+        whole = Box(0, 0, w, h)
+        return NativeInspection(h, w, score, True, decision, windows=[whole],
+                                coarse=CroppedMask.around(coarse), mask=CroppedMask.around(mask), defects=defects,
+                                iterations=int(run.stats.get("iterations", 0)))
+
+    def native_min_area(self, frame: np.ndarray) -> int:
+        """The smallest defect, calibrated on the downscaled frame, in native pixels."""
+        s = self.refiner.image_size
+        return max(1, round(self.refiner.settings.min_defect_area_px * frame.shape[0] * frame.shape[1] / s**2))
+
+    def refine_windows(self, frame: np.ndarray, regions: list[Box], score: float,
+                       px_per_mm: float | None) -> NativeInspection:
+        """Each region refined in native T x T windows; the region's mask is the union of what
+        its windows found inside it (a window's context outside the region is not judged)."""
+        h, w = frame.shape[:2]
+        margin = self.tile // 8  # context around the flagged region: features reach past it
+        crops, coarse_crops, defects, windows, iterations = [], [], [], [], 0
+        for region in merge_overlapping([r.pad(margin).clip(h, w) for r in regions]):
+            mask = np.zeros((region.h, region.w), bool)
+            coarse = np.zeros_like(mask)
+            score_map = np.zeros(mask.shape, np.float32)
+            for window in windows_for(region, (h, w), self.tile):
+                run = self.refiner.refine(cut(frame, window, self.tile), score=score)
+                iterations += int(run.stats.get("iterations", 0))
+                inside = window_in_region(window, region)
+                target, source = inside.relative_to(region).slices, inside.relative_to(window).slices
+                mask[target] |= run.mask[source]
+                coarse[target] |= run.coarse_mask[source]
+                score_map[target] = np.maximum(score_map[target], run.coarse_map[source])
+                windows.append(window)
+            decision, found, mask = judge(mask, score_map, self.refiner.settings.min_defect_area_px, px_per_mm)
+            defects += [offset_defect(d, region) for d in found]
+            crops.append((region, mask))
+            coarse_crops.append((region, coarse))
+        defects.sort(key=lambda d: -d["area_px"])
+        return NativeInspection(h, w, score, True, DEFECT if defects else OK, windows=windows,
+                                coarse=CroppedMask(h, w, coarse_crops), mask=CroppedMask(h, w, crops),
+                                defects=defects, iterations=iterations)
+
+
+def window_in_region(window: Box, region: Box) -> Box:
+    x0, y0 = max(window.x, region.x), max(window.y, region.y)
+    x1, y1 = min(window.x1, region.x1), min(window.y1, region.y1)
+    return Box(x0, y0, max(0, x1 - x0), max(0, y1 - y0))
+
+
+def offset_defect(defect: dict, region: Box) -> dict:
+    """A defect measured inside a region crop, in the frame's coordinates."""
+    x, y, bw, bh = defect["bbox"]
+    cx, cy = defect["centroid"]
+    return {**defect, "bbox": [x + region.x, y + region.y, bw, bh],
+            "centroid": [round(cx + region.x, 2), round(cy + region.y, 2)]}
+
+
+def upsample(mask: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """A low-resolution mask at native size: bilinear on 0/1, cut at one half (smooth outlines
+    instead of the blocks of nearest-neighbour)."""
+    h, w = hw
+    if mask.shape == (h, w):
+        return np.asarray(mask, bool)
+    return cv2.resize(np.asarray(mask, np.float32), (w, h), interpolation=cv2.INTER_LINEAR) >= 0.5
+
+
+__all__ = ["NativeChain", "NativeInspection", "downscale", "flagged_regions", "mask_box", "windows_for"]

@@ -1,0 +1,167 @@
+"""`inspectd bench native`: what camera-resolution frames cost the daemon.
+
+- screening frames/s per frame size, as the capture does it: JPEG decode, float RGB, downscale
+  to the screening bundle's size, ONNX Runtime; the ratio is against 256x256 frames measured
+  in the same run;
+- the frame message at 5 MP (the native frame as PNG) against sending only a flagged crop:
+  bytes and encode time; the result message with one defect (mask crop);
+- peak memory (ru_maxrss) of a fresh process that screens, and one that refines (a tile bundle
+  when given), one frame at 5 MP and at 20 MP.
+Frames are generated (brick texture tiled at the camera's scale, noise on top).
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+SIZES = {"256": (256, 256), "900": (900, 900), "5MP": (2048, 2448), "20MP": (3648, 5472)}
+
+
+def generated_frame(hw: tuple[int, int], seed: int = 0) -> np.ndarray:
+    """uint8 RGB at the camera's scale: brick tiled with an offset, plus sensor noise."""
+    from skimage import data as skdata
+
+    brick = skdata.brick()
+    h, w = hw
+    rng = np.random.default_rng(seed)
+    big = np.tile(brick, (h // brick.shape[0] + 2, w // brick.shape[1] + 2))
+    y, x = rng.integers(0, brick.shape[0]), rng.integers(0, brick.shape[1])
+    grey = big[y:y + h, x:x + w].astype(np.int16) + rng.integers(-6, 7, (h, w), dtype=np.int16)
+    return np.repeat(np.clip(grey, 0, 255).astype(np.uint8)[..., None], 3, axis=2)
+
+
+def screen_encoded(screen, data: bytes) -> float:
+    """The capture's per-frame work on a camera frame: decode, float RGB, screen (downscaled)."""
+    from inspectd.data.images import decode_image
+
+    _, score = screen(decode_image(data, "frame"))
+    return score
+
+
+def screening_fps(screen, hw: tuple[int, int], frames: int) -> dict:
+    encoded = [cv2.imencode(".jpg", generated_frame(hw, s), [cv2.IMWRITE_JPEG_QUALITY, 92])[1].tobytes()
+               for s in range(3)]
+    screen_encoded(screen, encoded[0])  # warm-up
+    latencies = []
+    for i in range(frames):
+        t0 = time.perf_counter()
+        screen_encoded(screen, encoded[i % len(encoded)])
+        latencies.append(time.perf_counter() - t0)
+    lat = np.asarray(latencies)
+    return {"fps": float(len(lat) / lat.sum()), "p50_ms": float(np.median(lat) * 1000),
+            "p99_ms": float(np.percentile(lat, 99) * 1000), "frames": frames}
+
+
+def message_sizes() -> dict:
+    """5 MP: the native frame as the frame message's PNG vs a 512 px flagged crop; the result."""
+    from inspectd.data.images import encode_png
+    from inspectd.service.messages import encode_result
+
+    frame = generated_frame(SIZES["5MP"]).astype(np.float32) / 255
+    out = {}
+    for name, image in (("frame_png", frame), ("crop_png_512", frame[800:1312, 1200:1712])):
+        t0 = time.perf_counter()
+        data = encode_png(image)
+        out[name] = {"bytes": len(data), "encode_ms": round((time.perf_counter() - t0) * 1000, 1)}
+    mask = np.zeros(SIZES["5MP"], bool)
+    cv2.ellipse(mask.view(np.uint8), (1500, 1000), (60, 14), 30, 0, 360, 1, -1)
+    ys, xs = np.nonzero(mask)
+    defect = {"area_px": int(mask.sum()), "bbox": [int(xs.min()), int(ys.min()), int(np.ptp(xs) + 1),
+                                                   int(np.ptp(ys) + 1)], "centroid": [1500.0, 1000.0]}
+    result = {"frame_id": "cam0-1-0000001", "camera": "cam0",
+              "timestamps": {"captured": 1.0, "screened": 1.1, "refined": 2.0, "published": 2.01},
+              "image_score": 1.5, "decision": "defect", "defects": [defect],
+              "refinement": {"seconds": 0.9, "iterations": 120, "device": "cpu"}, "model_id": "m",
+              "screening_model_id": "m"}
+    out["result_one_defect"] = {"bytes": sum(len(p) for p in encode_result(result, mask))}
+    return out
+
+
+def child_peak_memory(role: str, size: str, screening: Path, refiner: Path | None) -> dict:
+    """Run one role on one frame in a fresh process; its peak RSS before and after."""
+    cmd = [sys.executable, "-m", "inspectd.eval.native_bench", role, size, str(screening), str(refiner or "")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    if done.returncode != 0:
+        return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
+def child_main(role: str, size: str, screening: str, refiner: str) -> None:
+    """One frame through one role (a process of the daemon), printing peak memory as JSON."""
+    from inspectd.deploy import Inspector
+    from inspectd.deploy.native import NativeChain
+    from inspectd.geometry import Box
+    from inspectd.methods.export import OnnxScreener
+    from inspectd.deploy.native import downscale
+
+    if role == "screen":
+        screener = OnnxScreener(Path(screening), device="cpu")
+        idle = rss_gb()
+        frame = generated_frame(SIZES[size]).astype(np.float32) / 255
+        screener(downscale(frame, screener.size))
+    else:
+        tile_bundle = Path(refiner or screening)
+        chain = NativeChain.from_bundles(tile_bundle, screening if refiner else None, device="cpu")
+        idle = rss_gb()
+        frame = generated_frame(SIZES[size]).astype(np.float32) / 255
+        h, w = SIZES[size]
+        chain.refine(frame, [Box(w // 2, h // 2, 300, 200)])
+    print(json.dumps({"idle_gb": round(idle, 3), "peak_gb": round(rss_gb(), 3)}))
+
+
+def run_native_bench(args) -> dict:
+    from inspectd.eval.bench import machine
+    from inspectd.methods import load_method
+    from inspectd.methods.export import ONNX_FILE, OnnxScreener, export_to_bundle
+    from inspectd.deploy.native import downscale
+
+    screening = Path(args.screening)
+    if not (screening / ONNX_FILE).is_file():
+        export_to_bundle(load_method(screening), screening)
+    onnx = OnnxScreener(screening, device="cpu")
+
+    def screen(frame):
+        return onnx(downscale(frame, onnx.size))
+
+    print("command: inspectd " + " ".join(sys.argv[1:]))
+    print(f"machine: {machine()}")
+    sizes = [s for s in args.sizes.split(",") if s]
+    fps = {s: screening_fps(screen, SIZES[s], args.frames) for s in ["256", *[s for s in sizes if s != "256"]]}
+    base = fps["256"]["fps"]
+    for s, r in fps.items():
+        r["ratio_vs_256"] = round(r["fps"] / base, 3)
+        print(f"screening {s:>5} ({SIZES[s][1]}x{SIZES[s][0]}): {r['fps']:6.1f} frames/s, p50 {r['p50_ms']:.1f} ms, "
+              f"p99 {r['p99_ms']:.1f} ms ({r['ratio_vs_256']:.2f}x of 256x256 frames)")
+    messages = message_sizes()
+    for name, m in messages.items():
+        print(f"message {name}: {m['bytes'] / 1024:.1f} KiB" + (f", encode {m['encode_ms']} ms" if "encode_ms" in m else ""))
+    memory = {}
+    if args.memory:
+        refiner = Path(args.refiner) if args.refiner else None
+        for size in ("5MP", "20MP"):
+            for role in ("screen", "refine"):
+                memory[f"{role}_{size}"] = child_peak_memory(role, size, screening, refiner)
+                print(f"peak memory {role} {size}: {memory[f'{role}_{size}']}")
+    result = {"screening": fps, "messages": messages, "memory": memory, "machine": machine(),
+              "command": "inspectd " + " ".join(sys.argv[1:]), "date": time.strftime("%Y-%m-%d %H:%M")}
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2))
+        print(f"written: {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    child_main(*sys.argv[1:5])

@@ -1,0 +1,111 @@
+"""Native resolution (deploy/native.py): screen a downscaled frame, refine native crops."""
+
+import numpy as np
+import pytest
+from skimage import data as skdata
+
+from inspectd.bundle import fit_bundle, load_calibration
+from inspectd.bundle.calibration import CalibrationConfig
+from inspectd.deploy import Inspector
+from inspectd.deploy.native import NativeChain, flagged_regions, merge_overlapping, window_starts, windows_for
+from inspectd.geometry import Box, iou
+
+SMALL, TILE = 128, 96
+NATIVE_HW = (1500, 2000)
+CALIBRATION = CalibrationConfig(synthetic_images=3, lam=(0.03,), tau=(0.05,), normal_probes=2)
+
+
+def native_frame(seed: int) -> np.ndarray:
+    """A 2000x1500 frame of brick at the camera's scale: the texture tiled with a random offset."""
+    brick = skdata.brick().astype(np.float32) / 255.0
+    h, w = NATIVE_HW
+    reps = (h // brick.shape[0] + 2, w // brick.shape[1] + 2)
+    rng = np.random.default_rng(seed)
+    big = np.tile(brick, reps)
+    y, x = rng.integers(0, brick.shape[0]), rng.integers(0, brick.shape[1])
+    grey = big[y:y + h, x:x + w]
+    return np.ascontiguousarray(np.repeat(grey[..., None], 3, axis=2))
+
+
+def small_defect(frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A small tilted stain with a thin tail (1 % of the frame's width): at the screening size it
+    is a few pixels, so an upsampled low-resolution mask draws it in 16-pixel blocks."""
+    import cv2
+
+    canvas = np.zeros(frame.shape[:2], np.uint8)
+    cv2.ellipse(canvas, (1230, 740), (80, 45), 25, 0, 360, 1, -1)
+    cv2.line(canvas, (1290, 770), (1380, 820), 1, 9)
+    mask = canvas.astype(bool)
+    out = frame.copy()
+    out[mask] = np.clip(out[mask] + 0.45, 0, 1)
+    return out, mask
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory):
+    root = tmp_path_factory.mktemp("native")
+    frames = [native_frame(seed) for seed in range(6)]
+    from inspectd.deploy.native import downscale
+
+    screening, refiner = root / "screen", root / "tile"
+    fit_bundle("patchcore", "<brick>", screening, {"image_size": SMALL}, holdout=0.25, progress=False,
+               train=np.stack([downscale(f, SMALL) for f in frames]), calibration=CALIBRATION)
+    fit_bundle("patchcore", "<brick>", refiner, None, holdout=0.25, progress=False, train=frames,
+               calibration=CALIBRATION, tile=TILE, tiles_per_image=4)
+    return screening, refiner
+
+
+def test_tile_bundle_records_its_tile(bundles):
+    _, refiner = bundles
+    assert load_calibration(refiner)["tile"] == TILE
+    assert Inspector.from_bundle(refiner, device="cpu").image_size == TILE
+
+
+def test_native_mask_beats_the_upsampled_low_resolution_mask(bundles):
+    screening, refiner = bundles
+    frame, truth = small_defect(native_frame(99))
+    upsampled = NativeChain.from_bundles(screening, device="cpu").inspect(frame)
+    native = NativeChain.from_bundles(refiner, screening, device="cpu").inspect(frame)
+    assert upsampled.flagged and native.flagged
+    assert all(w.w <= TILE and w.h <= TILE for w in native.windows)  # never a full-frame feature map
+    native_iou, upsampled_iou = iou(native.full_mask(), truth), iou(upsampled.full_mask(), truth)
+    assert native_iou > upsampled_iou + 0.1, (native_iou, upsampled_iou)
+    # geometry in native pixels: the reported area is the scratch's, not the blocks'
+    area = sum(d["area_px"] for d in native.defects)
+    assert abs(area - truth.sum()) < 0.5 * truth.sum()
+    x, y, w, h = native.defects[0]["bbox"]
+    assert abs(x - truth.nonzero()[1].min()) < 20 and abs(y - truth.nonzero()[0].min()) < 20
+
+
+def test_tile_bundle_alone_cannot_screen(bundles):
+    _, refiner = bundles
+    with pytest.raises(ValueError, match="screening bundle"):
+        NativeChain.from_bundles(refiner, device="cpu")
+
+
+def test_regions_map_to_native_pixels_and_merge():
+    score_map = np.zeros((96, 96), np.float32)
+    score_map[10:12, 20:23] = 1.0
+    score_map[11:13, 22:25] = 1.0  # touches the first: one region
+    score_map[90:96, 0:2] = 1.0  # at the border
+    regions = flagged_regions(score_map, 0.5, NATIVE_HW)
+    assert len(regions) == 2
+    top = [r for r in regions if r.y < 500][0]
+    assert top.x <= 20 * 2000 / 96 <= top.x + 1 and top.x1 >= 25 * 2000 / 96 - 1
+    assert regions[-1].y1 == 1500 and regions[-1].x == 0
+    assert merge_overlapping([Box(0, 0, 5, 5), Box(4, 4, 5, 5), Box(20, 20, 1, 1)]) == [Box(0, 0, 9, 9),
+                                                                                           Box(20, 20, 1, 1)]
+
+
+@pytest.mark.parametrize("start, length, frame", [(0, 10, 500), (490, 10, 500), (100, 300, 500), (0, 500, 500),
+                                                   (0, 50, 64), (333, 167, 501)])
+def test_windows_cover_the_region_inside_the_frame(start, length, frame):
+    tile = 96
+    starts = window_starts(start, length, frame, tile)
+    covered = np.zeros(frame, bool)
+    for s in starts:
+        assert 0 <= s and (s + tile <= frame or frame <= tile)
+        covered[s:s + tile] = True
+    assert covered[start:start + length].all()
+    boxes = windows_for(Box(start, start, length, length), (frame, frame), tile)
+    assert all(b.w == min(tile, frame) for b in boxes)

@@ -1,0 +1,57 @@
+"""Native frames through the real processes: capture screens them downscaled and sends them with
+their flagged regions in native pixels; results come back as mask crops in native pixels."""
+
+import threading
+
+import numpy as np
+
+from inspectd.deploy import ChainSettings
+from inspectd.deploy.native import downscale
+from inspectd.service.capture import Frame
+from inspectd.service.capture_process import Screening, run_capture
+from inspectd.service.metrics import ServiceMetrics
+from inspectd.service.refiner_process import run_refiner
+from inspectd.service.watch import results
+from test_service_doubles import ColourAxisScreenerDouble, ThresholdRefinerDouble, service_settings, start_thread, \
+    wait_until
+
+NATIVE = (600, 808)  # odd-ish, not square: the maps must not assume either
+
+
+def frames(n: int, huge_at: int):
+    """Plain native frames, every other one with a small tinted patch; one frame far too large."""
+    for i in range(n):
+        shape = (2000, 2000, 3) if i == huge_at else (*NATIVE, 3)
+        image = np.empty(shape, np.float32)
+        image[:] = (0.5, 0.45, 0.4)  # on the double's normal colour axis
+        if i % 2:
+            image[301:333, 517:561] = (1.0, 0.1, 0.6)
+        yield Frame(f"testcam-native-{i:04d}", "testcam", 1.0 + i, image)
+
+
+def test_native_frames_keep_native_coordinates_and_a_huge_frame_is_counted(tmp_path):
+    settings = service_settings(tmp_path, transport={"max_message_bytes": 4_000_000,
+                                                     "max_frame_pixels": NATIVE[0] * NATIVE[1]})
+    double = ColourAxisScreenerDouble()
+    # the capture screens at 64 px, as a screening bundle would; the chain gives the regions' rule
+    screening = Screening(screen=lambda f: double(downscale(f, 64)), threshold=double.threshold,
+                          model_id=double.model_id,
+                          chain=ChainSettings(screen_threshold=double.threshold, pixel_threshold=double.threshold))
+    stop = threading.Event()
+    capture_metrics = ServiceMetrics("capture")
+    start_thread(run_refiner, settings, ThresholdRefinerDouble(), stop)
+    got, ready = [], threading.Event()
+    start_thread(lambda: got.extend(results(settings, stop, camera="testcam", ready=ready)))
+    assert ready.wait(10)
+    summary = run_capture(settings, screening.screen, stop, threshold=screening.threshold, metrics=capture_metrics,
+                          frames=iter(frames(7, huge_at=3)), chain=screening.chain)
+    try:
+        assert summary["unacked"] == 0
+        assert capture_metrics.drops.labels("frame_too_large")._value.get() == 1
+        assert wait_until(lambda: len(got) == 2, 10), [r["frame_id"] for r, _ in got]  # 1 and 5 (3: huge)
+        for result, mask in got:
+            assert (mask.height, mask.width) == NATIVE
+            assert result["defects"][0]["bbox"] == [517, 301, 44, 32]  # native pixels, exactly
+            assert mask.full()[301:333, 517:561].all() and mask.area_px == 32 * 44
+    finally:
+        stop.set()
