@@ -71,7 +71,7 @@ def cmd_eval(args) -> None:
         from inspectd.eval.deployed import evaluate_deployed
 
         evaluate_deployed(args.model, args.data, out=args.out, limit=args.limit, overlays=args.overlays,
-                          device=args.device, screening=args.screening)
+                          device=args.device, screening=args.screening, stride=args.stride)
         return
     from inspectd.eval.runner import evaluate_bundle
 
@@ -143,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the daemon's own chain (screen, decide, coarse mask, F2PAD, defects) on every test image, "
                         "thresholds and settings from the bundle only: the headline numbers")
     p.add_argument("--limit", type=int, default=0, help="--deployed: only the first N test images (quick look)")
+    p.add_argument("--stride", type=int, default=1,
+                   help="--deployed: every K-th test image (a quick look across all defect types; 1 = all)")
     p.add_argument("--overlays", type=int, default=8, help="--deployed: overlay PNGs to write (0 = none)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="--deployed: torch device")
     p.add_argument("--screening", help="--deployed: the screening bundle (default: --model screens too); needed "
