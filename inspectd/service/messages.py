@@ -15,20 +15,33 @@ import re
 
 import numpy as np
 
-from inspectd.data.images import decode_image, encode_png
+from inspectd.data.images import DEFAULT_MAX_PIXELS, check_png, decode_image, encode_png
 from inspectd.errors import BadImageError, InspectdError
 
 SCHEMA_VERSION = 1
 TOPIC_PREFIX = "defect."
 MESSAGE_ERROR_KINDS = ("malformed", "oversized", "bad_image", "wrong_size", "schema_version")
+# results counted as bad without a MessageError: well-formed, but not from the refiner that holds the frame
+ACK_ERROR_KINDS = ("bad_ack_token",)
 DECISIONS = ("defect", "ok", "error")
-ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")  # ids become file names and topics
+# ids become file names and topics: a safe alphabet, and no leading dot (".", "..", hidden files)
+ID_PATTERN = re.compile(r"^(?!\.)[A-Za-z0-9_.:-]{1,128}$")
+ACK_TOKEN_PATTERN = re.compile(r"^[0-9a-f]{16,128}$")
+# JSON is bounded before it is parsed: its size, and its nesting (the parser recurses)
+MAX_HEADER_BYTES = 64 * 2**10  # a frame header is about 500 bytes
+MAX_RESULT_JSON_BYTES = 4 * 2**20  # about 10000 defects
+MAX_JSON_DEPTH = 32
+MAX_JSON_INT = 2**63  # larger integers are no number any reader can hold (10**400 overflows a float)
+PX_PER_MM_RANGE = (1e-3, 1e5)  # 1 px per metre .. 10 nm per px: outside, mm values stop being finite
+JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
 
 FRAME_FIELDS = {  # field -> accepted JSON types
     "schema": int, "frame_id": str, "camera": str, "captured_at": (int, float), "screened_at": (int, float),
     "score": (int, float), "threshold": (int, float), "map_summary": dict, "model_id": str,
     "width": int, "height": int, "encoding": str, "px_per_mm": (int, float, type(None)),
 }
+# the capture's per-frame secret that a genuine result echoes: only it acks the frame
+OPTIONAL_FIELDS = {"ack_token": str}
 RESULT_FIELDS = {
     "schema": int, "frame_id": str, "camera": str, "timestamps": dict, "image_score": (int, float),
     "decision": str, "defects": list, "refinement": dict, "model_id": str, "mask": dict,
@@ -70,30 +83,28 @@ def encode_frame(header: dict, image: np.ndarray) -> list[bytes]:
     return [dumps(full), encode_png(image)]
 
 
-def parse_frame(parts: list[bytes], max_bytes: int,
-                expected_size: tuple[int, int] | None = None) -> tuple[dict, np.ndarray]:
-    """Validate a frame message; returns (header, float RGB image)."""
+def parse_frame(parts: list[bytes], max_bytes: int, expected_size: tuple[int, int] | None = None,
+                max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[dict, np.ndarray]:
+    """Validate a frame message; returns (header, float RGB image). Sizes are checked before decoding."""
     total = sum(len(p) for p in parts)
     if total > max_bytes:
         raise MessageError("oversized", f"frame message of {total} bytes exceeds max_message_bytes={max_bytes}")
     if len(parts) != 2:
         raise MessageError("malformed", f"frame message has {len(parts)} parts, expected 2 (header, image)")
-    header = loads(parts[0], "frame header")
+    header = loads(parts[0], "frame header", MAX_HEADER_BYTES)
     check_schema(header)
     check_fields(header, FRAME_FIELDS, "frame header")
+    check_px_per_mm(header["px_per_mm"])
     if header["encoding"] != "png":
         raise MessageError("malformed", f"frame encoding {header['encoding']!r}, expected 'png'")
-    try:
-        image = decode_image(parts[1], f"frame {header['frame_id']}")
-    except BadImageError as exc:
-        raise MessageError("bad_image", str(exc)) from None
     declared = (header["height"], header["width"])
-    if image.shape[:2] != declared:
-        raise MessageError("wrong_size", f"frame {header['frame_id']}: image is {image.shape[1]}x{image.shape[0]}, "
-                                         f"header says {declared[1]}x{declared[0]}")
+    if declared[0] * declared[1] > max_pixels:
+        raise MessageError("oversized", f"frame {header['frame_id']}: {declared[1]}x{declared[0]} exceeds "
+                                        f"transport.max_frame_pixels={max_pixels}")
     if expected_size is not None and declared != tuple(expected_size):
         raise MessageError("wrong_size", f"frame {header['frame_id']}: {declared[1]}x{declared[0]}, this refiner "
                                          f"expects {expected_size[1]}x{expected_size[0]}")
+    image = decode_png_part(parts[1], f"frame {header['frame_id']}", declared, max_pixels, (0, 2))
     return header, image
 
 
@@ -106,45 +117,96 @@ def encode_result(result: dict, mask: np.ndarray) -> list[bytes]:
     return [topic_for(full["camera"]).encode(), dumps(full), encode_png(np.asarray(mask, bool))]
 
 
-def parse_result(parts: list[bytes]) -> tuple[dict, np.ndarray]:
+def parse_result(parts: list[bytes], max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[dict, np.ndarray]:
     """Validate a result message; returns (result, bool mask)."""
     if len(parts) != 3:
         raise MessageError("malformed", f"result message has {len(parts)} parts, expected 3 (topic, JSON, mask)")
-    result = loads(parts[1], "result")
+    result = loads(parts[1], "result", MAX_RESULT_JSON_BYTES)
     check_schema(result)
     check_fields(result, RESULT_FIELDS, "result")
     if parts[0] != topic_for(result["camera"]).encode():
         raise MessageError("malformed", f"topic {parts[0][:80]!r} does not match camera {result['camera']!r}")
     if result["decision"] not in DECISIONS:
         raise MessageError("malformed", f"decision {result['decision']!r}, expected one of {DECISIONS}")
+    declared = (result["mask"].get("height"), result["mask"].get("width"))
+    if not all(isinstance(n, int) and not isinstance(n, bool) for n in declared):
+        raise MessageError("malformed", f"result field mask {str(result['mask'])[:80]} lacks integer width/height")
+    if declared[0] * declared[1] > max_pixels:
+        raise MessageError("oversized", f"mask of {result['frame_id']}: {declared[1]}x{declared[0]} exceeds "
+                                        f"transport.max_frame_pixels={max_pixels}")
+    mask = decode_png_part(parts[2], f"mask of {result['frame_id']}", declared, max_pixels, (0,)).max(axis=2) > 0.5
+    return result, mask
+
+
+def decode_png_part(data: bytes, name: str, declared: tuple[int, int], max_pixels: int,
+                    colour_types: tuple[int, ...]) -> np.ndarray:
+    """An 8-bit PNG part of exactly the declared (H, W), checked from its header before decoding."""
     try:
-        mask = decode_image(parts[2], f"mask of {result['frame_id']}").max(axis=2) > 0.5
+        width, height = check_png(data, max_pixels, name, colour_types)
+        if (height, width) != tuple(declared):
+            raise MessageError("wrong_size", f"{name}: image is {width}x{height}, the message says "
+                                             f"{declared[1]}x{declared[0]}")
+        image = decode_image(data, name, max_pixels)
     except BadImageError as exc:
         raise MessageError("bad_image", str(exc)) from None
-    if mask.shape != (result["mask"].get("height"), result["mask"].get("width")):
-        raise MessageError("wrong_size", f"mask of {result['frame_id']} is {mask.shape[1]}x{mask.shape[0]}, "
-                                         f"result says {result['mask']}")
-    return result, mask
+    if image.shape[:2] != tuple(declared):  # the decoder disagrees with the PNG's own header
+        raise MessageError("bad_image", f"{name}: decodes to {image.shape[1]}x{image.shape[0]}, its header says "
+                                        f"{width}x{height}")
+    return image
 
 
 # --- shared checks ---------------------------------------------------------------------------
 def dumps(obj: dict) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
-
-
-def loads(data: bytes, what: str) -> dict:
     try:
-        obj = json.loads(data.decode("utf-8"), parse_constant=reject_constant)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise MessageError("malformed", f"{what} is not UTF-8 JSON ({exc})") from None
+        return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
+    except ValueError as exc:  # never publish inf/NaN: no strict reader could take it
+        raise MessageError("malformed", f"a value is not finite ({exc})") from None
+
+
+def loads(data: bytes, what: str, max_bytes: int) -> dict:
+    """A JSON object, with its size and nesting checked before the (recursive) parser sees it."""
+    if len(data) > max_bytes:
+        raise MessageError("oversized", f"{what} of {len(data)} bytes exceeds {max_bytes}")
+    if (depth := nesting_depth(data)) > MAX_JSON_DEPTH:
+        raise MessageError("malformed", f"{what} nests {depth} levels deep, more than {MAX_JSON_DEPTH}")
+    try:
+        obj = json.loads(data.decode("utf-8"), parse_constant=reject_constant, parse_int=bounded_int,
+                         parse_float=finite_float)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise MessageError("malformed", f"{what} is not UTF-8 JSON ({str(exc)[:200]})") from None
     if not isinstance(obj, dict):
         raise MessageError("malformed", f"{what} is a JSON {type(obj).__name__}, expected an object")
     return obj
 
 
+def nesting_depth(data: bytes) -> int:
+    """How deep [ and { nest outside strings, in one vectorised pass."""
+    outside = np.frombuffer(JSON_STRING.sub(b'""', data), np.uint8)
+    steps = np.isin(outside, (ord("["), ord("{"))).astype(np.int32) - np.isin(outside, (ord("]"), ord("}")))
+    return int(np.cumsum(steps).max(initial=0))
+
+
 def reject_constant(name: str):
     raise ValueError(f"{name} is not allowed")  # NaN / Infinity are not JSON numbers
 
+
+def bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > 19 or abs(value := int(text)) > MAX_JSON_INT:
+        raise ValueError(f"integer {text[:20]}... is out of range")
+    return value
+
+
+def finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:20]} is not finite")
+    return value
+
+
+def check_px_per_mm(value: float | None) -> None:
+    low, high = PX_PER_MM_RANGE
+    if value is not None and not low <= value <= high:
+        raise MessageError("malformed", f"frame header field px_per_mm={value!r} is outside [{low}, {high}]")
 
 def check_schema(obj: dict) -> None:
     version = obj.get("schema")
@@ -169,3 +231,8 @@ def check_fields(obj: dict, fields: dict, what: str) -> None:
     for name in ("width", "height"):
         if name in fields and fields[name] is int and not 0 < obj[name] <= 65536:
             raise MessageError("malformed", f"{what} field {name}={obj[name]} out of range")
+    for name, types in OPTIONAL_FIELDS.items():
+        if name in obj and not isinstance(obj[name], types):
+            raise MessageError("malformed", f"{what} field {name} has type {type(obj[name]).__name__}")
+    if "ack_token" in obj and not ACK_TOKEN_PATTERN.match(obj["ack_token"]):
+        raise MessageError("malformed", f"{what} field ack_token is not 16 to 128 lowercase hex digits")

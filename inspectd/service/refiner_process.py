@@ -46,7 +46,8 @@ class Refinement:
 class RefinerLoop:
     def __init__(self, settings: Settings, refinement: Refinement, metrics: ServiceMetrics, pub: zmq.Socket):
         self.settings, self.refinement, self.metrics, self.pub = settings, refinement, metrics, pub
-        self.recent: collections.OrderedDict[str, list[bytes]] = collections.OrderedDict()
+        # keyed by (frame_id, ack_token): a frame sent under another frame's id never gets its answer
+        self.recent: collections.OrderedDict[tuple[str, str], list[bytes]] = collections.OrderedDict()
         self.counts = {"received": 0, "published": 0, "bad": 0, "repeats": 0}
 
     def handle(self, parts: list[bytes]) -> dict | None:
@@ -54,14 +55,15 @@ class RefinerLoop:
         self.counts["received"] += 1
         try:
             header, image = parse_frame(parts, self.settings.transport.max_message_bytes,
-                                        self.refinement.image_size)
+                                        self.refinement.image_size, self.settings.transport.max_frame_pixels)
         except MessageError as exc:
             log.warning("rejected frame message: %s", exc)
             self.metrics.bad_inputs.labels(exc.kind).inc()
             self.counts["bad"] += 1
             return None
-        if header["frame_id"] in self.recent:  # a resend whose first result was missed
-            self.pub.send_multipart(self.recent[header["frame_id"]])
+        key = (header["frame_id"], header.get("ack_token", ""))
+        if key in self.recent:  # a resend whose first result was missed
+            self.pub.send_multipart(self.recent[key])
             self.counts["repeats"] += 1
             return None
         result, mask = self.refine(header, image)
@@ -94,13 +96,15 @@ class RefinerLoop:
         }
         if error:
             result["error"] = error[:500]
+        if "ack_token" in header:
+            result["ack_token"] = header["ack_token"]  # proves to the capture that this refiner holds the frame
         return result, mask
 
     def publish(self, result: dict, mask: np.ndarray) -> None:
         result["timestamps"]["published"] = time.time()
         parts = encode_result(result, mask)
         self.pub.send_multipart(parts)
-        self.recent[result["frame_id"]] = parts
+        self.recent[(result["frame_id"], result.get("ack_token", ""))] = parts
         if len(self.recent) > RECENT_RESULTS:
             self.recent.popitem(last=False)
         self.counts["published"] += 1

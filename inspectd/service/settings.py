@@ -20,7 +20,7 @@ from inspectd.errors import ConfigError
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 DEFAULT_SETTINGS_FILE = CONFIG_DIR / "demo.yaml"
 # camera ids end up in topics and spool file names: keep them to a safe alphabet
-NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+NAME_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$"  # no leading dot
 Device = Literal["auto", "cpu", "cuda"]
 
 
@@ -113,6 +113,8 @@ class TransportSettings(Section):
     results_connect: list[str] = ["tcp://127.0.0.1:5556"]  # capture and watch SUBscribe to every refiner
     hwm: int = Field(100, ge=1)  # messages queued per peer before sends wait or drop
     max_message_bytes: int = Field(16 * 2**20, ge=1024)  # larger frame messages are rejected
+    # frames and masks declaring more pixels are refused from their header, before decoding
+    max_frame_pixels: int = Field(4096 * 4096, ge=1)
     # a (re)started refiner publishes nothing for this long after binding PUB, so subscribers
     # (capture's ack listener, watch, the PLC) reconnect first: PUB drops what they miss
     pub_grace_s: float = Field(1.0, ge=0)
