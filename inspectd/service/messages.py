@@ -41,7 +41,7 @@ FRAME_FIELDS = {  # field -> accepted JSON types
     "width": int, "height": int, "encoding": str, "px_per_mm": (int, float, type(None)),
 }
 # the capture's per-frame secret that a genuine result echoes: only it acks the frame
-OPTIONAL_FIELDS = {"ack_token": str}
+OPTIONAL_FIELDS = {"ack_token": str, "error": str}
 RESULT_FIELDS = {
     "schema": int, "frame_id": str, "camera": str, "timestamps": dict, "image_score": (int, float),
     "decision": str, "defects": list, "refinement": dict, "model_id": str, "mask": dict,

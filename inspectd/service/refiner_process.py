@@ -118,6 +118,8 @@ def check_outputs(mask, score_map, shape: tuple[int, int]) -> tuple[np.ndarray, 
     mask, score_map = np.asarray(mask, bool), np.asarray(score_map, np.float32)
     if mask.shape != shape or score_map.shape != shape:
         raise InspectdError(f"refine returned mask {mask.shape} and score map {score_map.shape}, expected {shape}")
+    if not np.isfinite(score_map).all():  # the defects' scores would be NaN/inf: unpublishable JSON
+        raise InspectdError("refine returned a score map whose values are not finite")
     return mask, score_map
 
 

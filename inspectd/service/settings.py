@@ -151,7 +151,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="INSPECTD_", env_nested_delimiter="__", extra="forbid")
 
     camera_id: str = Field("cam0", pattern=NAME_PATTERN)
-    px_per_mm: float | None = Field(None, gt=0)
+    px_per_mm: float | None = Field(None, ge=1e-3, le=1e5)  # as the frame header's range (messages.py)
     capture: CaptureSettings = CaptureSettings()
     screening: ScreeningSettings = ScreeningSettings()
     refiner: RefinerSettings = RefinerSettings()
