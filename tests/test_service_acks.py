@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 
 import numpy as np
 import zmq
 
+from inspectd.data.images import decode_image, encode_png
 from inspectd.service.capture_process import run_capture
-from inspectd.service.messages import encode_result, parse_result
+from inspectd.service.messages import encode_result
 from inspectd.service.metrics import ServiceMetrics
 from inspectd.service.refiner_process import run_refiner
 from inspectd.service.spool import Spool, read_entry
@@ -84,9 +84,9 @@ def test_a_frame_pushed_earlier_under_a_real_frames_id_does_not_get_its_answer(t
     try:
         impostor = frame_parts("cam-f-0000001", ack_token="a" * 32)  # a normal part: decision "ok"
         real = frame_parts("cam-f-0000001", ack_token="b" * 32)
-        defect = np.asarray(__import__("inspectd.data.images", fromlist=["x"]).decode_image(real[1]))
+        defect = decode_image(real[1])
         defect[4:12, 4:12] = (1.0, 0.1, 0.6)  # off the demo colour axis: a defect
-        real = [real[0], __import__("inspectd.data.images", fromlist=["x"]).encode_png(defect)]
+        real = [real[0], encode_png(defect)]
         push.send_multipart(impostor)
         assert wait_until(lambda: len(subscriber.messages) == 1, 15)
         push.send_multipart(real)

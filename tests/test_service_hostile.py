@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import zmq
 
-from inspectd.service.messages import encode_result
 from inspectd.service.metrics import ServiceMetrics
 from inspectd.service.refiner_process import run_refiner
 from inspectd.service.settings import Settings
@@ -19,7 +18,7 @@ from inspectd.service.transport import Transport
 from inspectd.service.watch import watch
 
 from test_service_acks import forged_result
-from test_service_doubles import ThresholdRefinerDouble, service_settings, start_thread, wait_until
+from test_service_doubles import service_settings, start_thread, wait_until
 from test_service_pipeline import RawSubscriber, frame_parts
 
 
@@ -107,7 +106,6 @@ def test_refiner_never_publishes_a_value_that_is_not_finite(tmp_path):
 
 @pytest.mark.parametrize("value", [1e-200, -1.0, 1e200])
 def test_px_per_mm_setting_is_bounded_too(value):
-    from inspectd.errors import ConfigError  # noqa: F401  (pydantic's error is what Settings raises)
     from pydantic import ValidationError
 
     with pytest.raises(ValidationError, match="px_per_mm"):
