@@ -226,8 +226,8 @@ def check_fields(obj: dict, fields: dict, what: str) -> None:
             raise MessageError("malformed", f"{what} field {name} is not finite")
     for name in ("frame_id", "camera"):
         if not ID_PATTERN.match(obj[name]):
-            raise MessageError("malformed", f"{what} field {name} {obj[name][:80]!r} has characters outside "
-                                            "A-Z a-z 0-9 _ . : -")
+            raise MessageError("malformed", f"{what} field {name} {obj[name][:80]!r} starts with a dot or has "
+                                            "characters outside A-Z a-z 0-9 _ . : -")
     for name in ("width", "height"):
         if name in fields and fields[name] is int and not 0 < obj[name] <= 65536:
             raise MessageError("malformed", f"{what} field {name}={obj[name]} out of range")
