@@ -21,10 +21,10 @@ from typing import Callable, Iterator
 import numpy as np
 import zmq
 
+from inspectd.data.images import DEFAULT_MAX_PIXELS
 from inspectd.errors import ConfigError
 from inspectd.service.capture import Frame, open_source, paced
 from inspectd.service.lifecycle import reload_model, signal_handlers
-from inspectd.data.images import DEFAULT_MAX_PIXELS
 from inspectd.service.messages import ACK_ERROR_KINDS, MESSAGE_ERROR_KINDS, MessageError, encode_frame, map_summary, \
     parse_result, topic_for
 from inspectd.service.metrics import ServiceMetrics

@@ -39,7 +39,8 @@ FRAME_FIELDS = {  # field -> accepted JSON types
     "score": (int, float), "threshold": (int, float), "map_summary": dict, "model_id": str,
     "width": int, "height": int, "encoding": str, "px_per_mm": (int, float, type(None)),
 }
-# the capture's per-frame secret that a genuine result echoes: only it acks the frame
+# ack_token: the capture's per-frame secret that only the genuine result echoes (it alone acks the
+# frame); error: the reason of a decision "error"
 OPTIONAL_FIELDS = {"ack_token": str, "error": str}
 RESULT_FIELDS = {
     "schema": int, "frame_id": str, "camera": str, "timestamps": dict, "image_score": (int, float),
@@ -218,6 +219,7 @@ def check_px_per_mm(value: float | None) -> None:
     low, high = PX_PER_MM_RANGE
     if value is not None and not low <= value <= high:
         raise MessageError("malformed", f"frame header field px_per_mm={value!r} is outside [{low}, {high}]")
+
 
 def check_schema(obj: dict) -> None:
     version = obj.get("schema")
