@@ -148,6 +148,7 @@ class ResultRecorder:
 
     def __init__(self, context: zmq.Context, endpoint: str, max_pixels: int):
         self.seen: collections.Counter = collections.Counter()
+        self.unreadable = 0
         self.sub = context.socket(zmq.SUB)
         self.sub.linger = 0
         self.sub.setsockopt_string(zmq.SUBSCRIBE, "defect.")
@@ -159,7 +160,11 @@ class ResultRecorder:
     def run(self) -> None:
         while not self.stop_event.is_set():
             if self.sub.poll(100):
-                result, _ = parse_result(self.sub.recv_multipart(), self.max_pixels)
+                try:
+                    result, _ = parse_result(self.sub.recv_multipart(), self.max_pixels)
+                except MessageError:  # the genuine refiner published something unreadable: a finding
+                    self.unreadable += 1
+                    continue
                 self.seen[(result["frame_id"], result.get("ack_token", ""))] += 1
 
     def ids(self) -> set[str]:
@@ -256,8 +261,9 @@ def malformed_results(line: Line, args, rng: np.random.Generator) -> CaseResult:
     pub = line.context.socket(zmq.XPUB)
     pub.linger, pub.sndtimeo = 0, 30_000
     pub.bind(line.endpoints["bench_results"])
-    wait_for(lambda: pub.poll(0), 10)  # the capture's subscription arrived
-    pub.recv()
+    if not wait_for(lambda: pub.poll(0), 10):
+        raise InspectdError("chaos: the capture never subscribed to the bench's results endpoint")
+    pub.recv()  # the capture's subscription
     cases, size = result_cases(), line.settings.capture.size or 256
     before, expected = line.bad_inputs("capture"), 0
     for n in range(args.result_messages):
@@ -349,7 +355,8 @@ def run_chaos_bench(args) -> dict:
             results[-1].notes.append(f"{time.monotonic() - started:.1f} s")
     finally:
         line.close()
-    report = summarise(results) | {"command": " ".join(sys.argv), "machine": machine()}
+    report = summarise(results) | {"command": " ".join(sys.argv), "machine": machine(),
+                                   "unreadable_genuine_results": line.results.unreadable}
     print_table(results)
     (out / "results.json").write_text(json.dumps(report, indent=2))
     print(f"written: {out / 'results.json'}")
