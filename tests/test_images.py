@@ -61,3 +61,86 @@ def test_png_round_trip():
     img = np.random.default_rng(0).random((6, 5, 3)).astype(np.float32)
     back = decode_image(encode_png(img))
     assert np.abs(back - img).max() <= 1 / 255 + 1e-6
+
+
+# --- PNG headers are checked before any decoding (issue 13) ------------------------------------
+def png_with_header(width: int, height: int, bit_depth: int = 8, colour_type: int = 2, idat: bytes = b"") -> bytes:
+    """A PNG whose IHDR declares any size, with `idat` as its (possibly truncated) pixel data."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat or zlib.compress(bytes(400))) + \
+        chunk(b"IEND", b"")
+
+
+def no_decoding(monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("the image was decoded before its header was checked")
+
+    monkeypatch.setattr(cv2, "imdecode", fail)
+
+
+def test_a_png_declaring_40000x40000_is_refused_from_its_header(monkeypatch):
+    from inspectd.data.images import DEFAULT_MAX_PIXELS, check_png
+
+    tiny_liar = png_with_header(40000, 40000)
+    assert len(tiny_liar) < 500
+    no_decoding(monkeypatch)
+    with pytest.raises(BadImageError, match=r"frame-9: .*40000x40000.*limit"):
+        check_png(tiny_liar, DEFAULT_MAX_PIXELS, "frame-9")
+    with pytest.raises(BadImageError, match="40000x40000"):
+        decode_image(tiny_liar, "frame-9")  # every decode is bounded, not only the wire's
+
+
+def test_a_real_png_bomb_is_refused_cheaply(monkeypatch):
+    """30000 x 30000 grey zeros: a few hundred kB that would inflate to 900 MB (3.6 GB as float RGB)."""
+    import time
+    import tracemalloc
+    import zlib
+
+    from inspectd.data.images import check_png
+
+    from inspectd.eval.chaos import png_bomb
+
+    side = 30000
+    bomb = png_bomb(side)
+    assert len(bomb) < 2_000_000 and len(zlib.decompressobj().decompress(bomb[41:41 + 20000], 10**6)) == 10**6
+    tracemalloc.start()
+    started = time.perf_counter()
+    with pytest.raises(BadImageError, match="30000x30000"):
+        decode_image(bomb, "bomb.png", max_pixels=4096 * 4096)
+    seconds, (_, peak) = time.perf_counter() - started, tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert seconds < 0.05 and peak < 10_000_000
+    with pytest.raises(BadImageError):
+        check_png(bomb, 4096 * 4096, "bomb.png")
+
+
+@pytest.mark.parametrize("data, why", [
+    (encode(np.zeros((8, 8, 3), np.uint8), ".jpg"), "not a PNG"),
+    (encode(np.full((8, 8), 65535, np.uint16)), "16-bit"),
+    (png_with_header(8, 8, bit_depth=8, colour_type=3), "colour type 3"),
+    (png_with_header(0, 8), "0x8"),
+    (b"\x89PNG\r\n\x1a\n" + bytes(10), "IHDR"),
+    (png_with_header(8, 8)[:20], "IHDR"),
+    (png_with_header(8, 8).replace(b"IHDR", b"IHDQ"), "IHDR"),
+])
+def test_only_8_bit_rgb_or_grey_png_is_a_png(data, why):
+    from inspectd.data.images import check_png
+
+    with pytest.raises(BadImageError, match=why):
+        check_png(data, 10**6, "x")
+
+
+def test_png_header_gives_size_and_layout():
+    from inspectd.data.images import check_png, png_header
+
+    rgb = encode(np.zeros((5, 7, 3), np.uint8))
+    assert png_header(rgb) == (7, 5, 8, 2)
+    assert check_png(encode(np.zeros((5, 7), np.uint8)), 35, "x") == (7, 5)
+    with pytest.raises(BadImageError, match="7x5 pixels, above the limit of 34"):
+        check_png(rgb, 34, "x")

@@ -59,6 +59,19 @@ def test_folder_skips_a_bad_file_and_watches_for_new_ones(tmp_path):
     assert errors == ["bad_frame"] and got[0].image.shape == (16, 16, 3)
 
 
+def test_folder_skips_a_png_declaring_a_huge_size_without_decoding_it(tmp_path, monkeypatch):
+    """Issue 13: a 400-byte PNG declaring 40000x40000 raised cv2.error out of the source."""
+    from test_images import png_with_header
+
+    write_image(tmp_path / "a.png", np.full((20, 30, 3), 0.5, np.float32))
+    (tmp_path / "b-liar.png").write_bytes(png_with_header(40000, 40000))
+    write_image(tmp_path / "c.png", np.full((20, 30, 3), 0.25, np.float32))
+    errors = []
+    settings = CaptureSettings(source="folder", uri=str(tmp_path), size=16)
+    frames = [f for f in open_source(settings, "cam0", threading.Event(), errors.append) if f is not None]
+    assert [f.source for f in frames] == ["a.png", "c.png"] and errors == ["bad_frame"]
+
+
 def test_folder_must_exist(tmp_path):
     settings = CaptureSettings(source="folder", uri=str(tmp_path / "nope"))
     with pytest.raises(ConfigError, match="not a folder"):

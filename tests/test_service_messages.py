@@ -186,3 +186,117 @@ def test_a_frame_larger_than_the_pixel_limit_is_refused_before_decoding():
     with pytest.raises(MessageError) as info:
         parse_frame(parts, MAX, max_pixels=40 * 32 - 1)
     assert info.value.kind == "oversized" and "max_frame_pixels" in info.value.detail
+
+
+# --- bounded before work, finite and in range (issue 13) ---------------------------------------
+def raw_header(text: str, image_part: bytes | None = None) -> list[bytes]:
+    return [text.encode(), image_part if image_part is not None else encode_png(image())]
+
+
+def test_a_deeply_nested_header_is_malformed_not_a_recursion_error():
+    with pytest.raises(MessageError) as info:  # the issue's 100 kB of "[": refused for its size first
+        parse_frame(raw_header("[" * 100_000), 10 * MAX)
+    assert info.value.kind == "oversized"
+    with pytest.raises(MessageError) as info:  # within the size limit, still far too deep for the parser
+        parse_frame(raw_header("[" * 60_000), 10 * MAX)
+    assert info.value.kind == "malformed" and "nest" in info.value.detail
+    nested = json.dumps(frame_header(map_summary={"a": json.loads("[" * 40 + "1" + "]" * 40)}))
+    with pytest.raises(MessageError, match="nest"):
+        parse_frame(raw_header(nested), MAX)
+    brackets_in_a_string = frame_header(model_id="m", map_summary={"note": "[" * 1000})
+    parse_frame(encode_frame(brackets_in_a_string, image()), MAX)  # text is not nesting
+
+
+def test_a_huge_header_is_refused_before_parsing():
+    from inspectd.service.messages import MAX_HEADER_BYTES
+
+    header = json.dumps(frame_header(map_summary={"pad": "x" * MAX_HEADER_BYTES}))
+    with pytest.raises(MessageError) as info:
+        parse_frame(raw_header(header), 10 * MAX)
+    assert info.value.kind == "oversized" and "header" in info.value.detail
+
+
+@pytest.mark.parametrize("text", ['"score":' + "1" * 401, '"score":1e400', '"score":-1e400', '"captured_at":1e999'])
+def test_numbers_beyond_float_range_are_malformed(text):
+    parts = tamper()
+    parts[0] = parts[0].replace(b'"score":1.5', text.encode()) if "score" in text else \
+        parts[0].replace(b'"captured_at":1700000000.25', text.encode())
+    with pytest.raises(MessageError) as info:
+        parse_frame(parts, MAX)
+    assert info.value.kind == "malformed"
+
+
+@pytest.mark.parametrize("over, why", [
+    ({"px_per_mm": 1e-200}, "px_per_mm"), ({"px_per_mm": -12.5}, "px_per_mm"), ({"px_per_mm": 0}, "px_per_mm"),
+    ({"px_per_mm": 1e200}, "px_per_mm"), ({"frame_id": ".."}, "frame_id"), ({"frame_id": "."}, "frame_id"),
+    ({"camera": ".hidden"}, "camera"), ({"ack_token": 7}, "ack_token"), ({"ack_token": "a b"}, "ack_token"),
+])
+def test_values_out_of_range_are_refused_with_the_field_named(over, why):
+    with pytest.raises(MessageError) as info:
+        parse_frame(tamper(over), MAX)
+    assert info.value.kind == "malformed" and why in info.value.detail
+
+
+def test_png_declaring_a_huge_size_is_refused_before_decoding(monkeypatch):
+    import cv2
+    from test_images import png_with_header
+
+    monkeypatch.setattr(cv2, "imdecode", lambda *a: pytest.fail("decoded before the size check"))
+    liar = png_with_header(40000, 40000)
+    with pytest.raises(MessageError) as info:  # the header tells the truth about the lie
+        parse_frame(tamper({"width": 40000, "height": 40000}, parts=None)[:1] + [liar], MAX)
+    assert info.value.kind == "oversized"
+    with pytest.raises(MessageError) as info:  # the header claims the normal size, the PNG does not
+        parse_frame([tamper()[0], liar], MAX)
+    assert info.value.kind == "bad_image" and "40000x40000" in info.value.detail
+    with pytest.raises(MessageError) as info:  # a small lie: IHDR says another size than the header
+        parse_frame([tamper()[0], png_with_header(41, 32)], MAX)
+    assert info.value.kind == "wrong_size"
+    with pytest.raises(MessageError) as info:  # the refiner's size is checked first of all
+        parse_frame([tamper({"width": 64, "height": 64})[0], liar], MAX, expected_size=(32, 40))
+    assert info.value.kind == "wrong_size"
+
+
+def test_max_frame_pixels_is_a_setting(tmp_path):
+    from inspectd.service.settings import Settings
+
+    assert Settings().transport.max_frame_pixels >= 4096 * 4096
+    small = Settings(transport={"max_frame_pixels": 32 * 39}).transport.max_frame_pixels
+    with pytest.raises(MessageError) as info:
+        parse_frame(tamper(), MAX, max_pixels=small)
+    assert info.value.kind == "oversized"
+
+
+@pytest.mark.parametrize("encoder", [
+    lambda: __import__("cv2").imencode(".jpg", np.zeros((32, 40, 3), np.uint8))[1].tobytes(),
+    lambda: __import__("cv2").imencode(".png", np.zeros((32, 40, 3), np.uint16))[1].tobytes(),
+])
+def test_jpeg_or_16_bit_data_labelled_png_is_a_bad_image(encoder):
+    with pytest.raises(MessageError) as info:
+        parse_frame([tamper()[0], encoder()], MAX)
+    assert info.value.kind == "bad_image"
+
+
+def test_result_values_are_bounded_too():
+    parts = encode_result(result_fields(), np.zeros((16, 24), bool))  # one crop: the defect's 3x2 bbox
+    huge = [parts[0], parts[1].replace(b'"image_score":1.5', b'"image_score":' + b"1" * 401), parts[2]]
+    deep = [parts[0], parts[1].replace(b'"defects":[', b'"defects":' + b"[" * 50_000), parts[2]]
+    rgb_mask = [parts[0], parts[1], encode_png(np.zeros((2, 3, 3), np.float32))]
+    for bad, kind in ((huge, "malformed"), (deep, "malformed"), (rgb_mask, "bad_image")):
+        with pytest.raises(MessageError) as info:
+            parse_result(bad)
+        assert info.value.kind == kind
+    with pytest.raises(MessageError, match="oversized"):
+        parse_result(parts, max_pixels=5)
+
+
+def test_a_result_that_cannot_be_finite_json_is_refused_with_a_clear_error():
+    with pytest.raises(MessageError, match="not finite"):
+        encode_result(result_fields(defects=[{"area_mm2": float("inf"), "bbox": [0, 0, 1, 1]}]), np.zeros((4, 4), bool))
+
+
+def test_ack_token_travels_in_frame_and_result():
+    header, _ = parse_frame(encode_frame(frame_header(ack_token="ab12" * 8), image()), MAX)
+    assert header["ack_token"] == "ab12" * 8
+    result, _ = parse_result(encode_result(result_fields(ack_token="ab12" * 8), np.zeros((4, 4), bool)))
+    assert result["ack_token"] == "ab12" * 8

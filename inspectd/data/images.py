@@ -6,6 +6,8 @@ torch equivalent (B, 3, H, W). Masks are bool arrays of shape (H, W).
 
 from __future__ import annotations
 
+import struct
+import zlib
 from pathlib import Path
 
 import cv2
@@ -15,15 +17,74 @@ import torch
 from inspectd.errors import BadImageError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
+# decoding is refused above this many pixels: a decoded float RGB image of this size is 300 MB
+DEFAULT_MAX_PIXELS = 25_000_000  # a 20 MP camera frame fits; the settings default (transport.max_frame_pixels)
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_COLOUR_TYPES = {0: "grey", 2: "RGB", 3: "palette", 4: "grey+alpha", 6: "RGBA"}
 
 
-def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:
-    """Decode encoded image bytes to float RGB in [0, 1]; grey and RGBA become RGB."""
+def decode_image(data: bytes, name: str = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode encoded image bytes to float RGB in [0, 1]; grey and RGBA become RGB.
+
+    A PNG's declared size is checked against max_pixels before anything is decoded, so a
+    few hundred bytes declaring 40000x40000 (or a decompression bomb) cost nothing.
+    """
+    if data[:8] == PNG_SIGNATURE:
+        width, height = png_header(data, name)[:2]
+        check_pixels(width, height, max_pixels, name)
     buf = np.frombuffer(data, dtype=np.uint8)
-    raw = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if buf.size else None
+    try:
+        raw = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if buf.size else None
+    except cv2.error:  # OpenCV's own size cap (CV_IO_MAX_IMAGE_PIXELS) for the other formats
+        raw = None
     if raw is None:
-        raise BadImageError(f"{name}: not a readable image (corrupt or unknown format)")
+        raise BadImageError(f"{name}: not a readable image (corrupt, unknown format or too large)")
+    if raw.shape[0] * raw.shape[1] > max_pixels:
+        raise BadImageError(f"{name}: {raw.shape[1]}x{raw.shape[0]} exceeds the limit of {max_pixels} pixels")
     return to_float_rgb(raw, name, bgr=True)
+
+
+# --- PNG headers: read and checked before decoding -------------------------------------------
+def png_header(data: bytes, name: str = "<bytes>") -> tuple[int, int, int, int]:
+    """(width, height, bit depth, colour type) from a PNG's IHDR chunk, without decoding.
+
+    The PNG format puts IHDR first: signature (8 bytes), length (4), "IHDR", 13 bytes of
+    fields, CRC (4). The CRC is checked so a damaged header is not trusted.
+    """
+    if data[:8] != PNG_SIGNATURE:
+        raise BadImageError(f"{name}: not a PNG (no PNG signature)")
+    if len(data) < 33 or data[8:16] != b"\x00\x00\x00\x0dIHDR":
+        raise BadImageError(f"{name}: PNG without a valid IHDR header chunk")
+    fields, (crc,) = data[16:29], struct.unpack(">I", data[29:33])
+    if zlib.crc32(b"IHDR" + fields) != crc:
+        raise BadImageError(f"{name}: PNG IHDR header chunk fails its CRC")
+    width, height, bit_depth, colour_type = struct.unpack(">IIBB", fields[:10])
+    return width, height, bit_depth, colour_type
+
+
+def check_png(data: bytes, max_pixels: int, name: str = "<bytes>",
+              colour_types: tuple[int, ...] = (0, 2)) -> tuple[int, int]:
+    """(width, height) of an 8-bit PNG of an accepted colour type within max_pixels, else BadImageError.
+
+    The wire schema says "8-bit RGB" (frames) or "8-bit grey" (masks): JPEG, 16-bit or palette
+    data labelled png is refused here, before any decoding.
+    """
+    width, height, bit_depth, colour_type = png_header(data, name)
+    check_pixels(width, height, max_pixels, name)
+    if bit_depth != 8:
+        raise BadImageError(f"{name}: {bit_depth}-bit PNG, expected 8-bit")
+    if colour_type not in colour_types:
+        kinds = " or ".join(PNG_COLOUR_TYPES[t] for t in colour_types)
+        raise BadImageError(f"{name}: PNG colour type {colour_type} "
+                            f"({PNG_COLOUR_TYPES.get(colour_type, 'invalid')}), expected {kinds}")
+    return width, height
+
+
+def check_pixels(width: int, height: int, max_pixels: int, name: str) -> None:
+    if width < 1 or height < 1:
+        raise BadImageError(f"{name}: declares an empty image ({width}x{height})")
+    if width * height > max_pixels:
+        raise BadImageError(f"{name}: declares {width}x{height} pixels, above the limit of {max_pixels}")
 
 
 def to_float_rgb(raw: np.ndarray, name: str = "<array>", bgr: bool = False) -> np.ndarray:

@@ -102,6 +102,10 @@ def add_bench_parser(sub, handler) -> None:
     so.add_argument("--out", default="runs/soak")
     so.set_defaults(func=handler)
 
+    from inspectd.eval.chaos_bench import add_chaos_parser
+
+    add_chaos_parser(bsub, handler)
+
 
 def main(args) -> None:
     if args.bench == "native":
@@ -118,6 +122,12 @@ def main(args) -> None:
         from inspectd.eval.soak_bench import run_soak_bench
 
         run_soak_bench(args)
+    elif args.bench == "chaos":
+        from inspectd.eval.chaos_bench import run_chaos_bench
+
+        report = run_chaos_bench(args)
+        if report["crashes"] or report["frames_lost"] or report["uncounted"]:
+            raise SystemExit(1)
 
 
 def machine() -> str:

@@ -12,6 +12,7 @@ The screening model arrives as a plain callable `screen(image) -> (score_map, sc
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 import time
 from dataclasses import dataclass
@@ -20,13 +21,14 @@ from typing import Callable, Iterator
 import numpy as np
 import zmq
 
+from inspectd.data.images import DEFAULT_MAX_PIXELS
 from inspectd.deploy.inspector import ChainSettings, coarse_threshold
 from inspectd.deploy.native import flagged_regions
 from inspectd.errors import ConfigError
 from inspectd.service.capture import Frame, open_source, paced
 from inspectd.service.lifecycle import reload_model, signal_handlers
-from inspectd.service.messages import MESSAGE_ERROR_KINDS, MessageError, encode_frame, map_summary, parse_result, \
-    topic_for
+from inspectd.service.messages import ACK_ERROR_KINDS, MESSAGE_ERROR_KINDS, MessageError, encode_frame, map_summary, \
+    parse_result, topic_for
 from inspectd.service.metrics import ServiceMetrics
 from inspectd.service.sdnotify import Notifier
 from inspectd.service.settings import Settings
@@ -54,9 +56,9 @@ class FrameSender(threading.Thread):
     """Sends due spool entries on PUSH and acks them from the refiners' results on SUB."""
 
     def __init__(self, push: zmq.Socket, sub: zmq.Socket, spool: Spool, camera: str, metrics: ServiceMetrics,
-                 tick_s: float = 0.02):
+                 tick_s: float = 0.02, max_pixels: int = DEFAULT_MAX_PIXELS):
         super().__init__(name="frame-sender", daemon=True)
-        self.push, self.sub, self.spool = push, sub, spool
+        self.push, self.sub, self.spool, self.max_pixels = push, sub, spool, max_pixels
         self.topic = topic_for(camera).encode()
         self.metrics, self.tick_s = metrics, tick_s
         self.stop_event = threading.Event()
@@ -79,13 +81,17 @@ class FrameSender(threading.Thread):
             if parts[0] != self.topic:
                 continue  # a prefix match: defect.cam1 also receives defect.cam10
             try:
-                result, _mask = parse_result(parts)
+                result, _mask = parse_result(parts, self.max_pixels)
             except MessageError as exc:
                 log.warning("bad result message: %s", exc)
                 self.metrics.bad_inputs.labels(exc.kind).inc()
                 continue
-            if self.spool.ack(result["frame_id"]):
+            frame_id = result["frame_id"]
+            if self.spool.ack(frame_id, result.get("ack_token", "")):
                 self.metrics.acks.inc()
+            elif frame_id in self.spool:  # well-formed, but not from the refiner holding the frame
+                log.warning("result for spooled frame %s without its ack_token: not an ack (forged?)", frame_id)
+                self.metrics.bad_inputs.labels("bad_ack_token").inc()
 
     def send_due(self, now: float) -> None:
         for frame_id in self.spool.due_for_resend(now):
@@ -144,7 +150,8 @@ class CaptureLoop:
         header = {"frame_id": frame.id, "camera": self.camera, "captured_at": frame.timestamp,
                   "screened_at": time.time(), "score": score, "threshold": float(self.screening.threshold),
                   "map_summary": map_summary(score_map, self.screening.threshold),
-                  "model_id": self.screening.model_id, "px_per_mm": self.settings.px_per_mm}
+                  "model_id": self.screening.model_id, "px_per_mm": self.settings.px_per_mm,
+                  "ack_token": secrets.token_hex(16)}  # echoed by the genuine result only: see FrameSender
         if self.screening.chain is not None:
             threshold = coarse_threshold(self.screening.chain, float(np.max(score_map)))
             header["regions"] = flagged_regions(score_map, threshold, frame.image.shape[:2])
@@ -154,7 +161,7 @@ class CaptureLoop:
             log.warning("frame %s: %d bytes exceeds transport.max_message_bytes; dropped", frame.id, size)
             self.metrics.drops.labels("oversized").inc()
             return
-        if self.spool.put(frame.id, parts):
+        if self.spool.put(frame.id, parts, header["ack_token"]):
             self.counts["spooled"] += 1
 
 
@@ -178,13 +185,13 @@ def run_capture(settings: Settings, screen: ScreenFn, stop_event: threading.Even
     reload_event = reload_event or threading.Event()
     metrics = metrics or ServiceMetrics("capture")
     notifier = notifier or Notifier()
-    metrics.init_series(settings.camera_id, DROP_REASONS, MESSAGE_ERROR_KINDS)
+    metrics.init_series(settings.camera_id, DROP_REASONS, MESSAGE_ERROR_KINDS + ACK_ERROR_KINDS)
     metrics.set_model(model_id)
     spool = open_spool(settings, metrics)
     transport = Transport(settings.transport)
     try:
         sender = FrameSender(transport.frames_push(), transport.results_sub(topic_for(settings.camera_id)), spool,
-                             settings.camera_id, metrics)
+                             settings.camera_id, metrics, max_pixels=settings.transport.max_frame_pixels)
     except BaseException:  # e.g. the port is taken: release the context and the authenticator thread
         transport.close()
         raise

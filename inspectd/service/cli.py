@@ -10,6 +10,7 @@ called again on SIGHUP (with the settings file re-read) to reload the model.
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
@@ -21,7 +22,7 @@ from inspectd.service.metrics import ServiceMetrics
 from inspectd.service.refiner_process import Refinement, run_refiner
 from inspectd.service.settings import DEFAULT_SETTINGS_FILE, Settings, load_settings
 from inspectd.service.transport import make_keypair
-from inspectd.service.watch import format_result, results, watch
+from inspectd.service.watch import printable, results, watch
 
 log = logging.getLogger(__name__)
 BuildScreener = Callable[[Settings], Screening]
@@ -119,7 +120,7 @@ def cmd_run(args, build_screener: BuildScreener, build_refiner: BuildRefiner, ou
 def print_results(settings: Settings, stop: threading.Event, ready: threading.Event, printed: list,
                   count: int | None, out) -> None:
     for result, _mask in results(settings, stop, settings.camera_id, ready=ready):
-        for line in format_result(result):
+        for line in printable(result) or [f"{result['frame_id']}: result not printable (see the log)"]:
             out(line)
         printed.append(result["frame_id"])
         if count is not None and len(printed) >= count:
@@ -128,7 +129,10 @@ def print_results(settings: Settings, stop: threading.Event, ready: threading.Ev
 
 def cmd_watch(args) -> None:
     settings = load_settings(args.settings)
-    watch(settings, threading.Event(), args.camera, args.count, args.timeout)
+    bad = collections.Counter()
+    watch(settings, threading.Event(), args.camera, args.count, args.timeout, bad=bad)
+    if bad:
+        print(f"watch: ignored {sum(bad.values())} bad result message(s): {dict(bad)}")
 
 
 def cmd_keys(args) -> None:

@@ -18,7 +18,7 @@ import re
 
 import numpy as np
 
-from inspectd.data.images import decode_image, encode_png
+from inspectd.data.images import DEFAULT_MAX_PIXELS, check_png, decode_image, encode_png
 from inspectd.errors import BadImageError, InspectdError
 from inspectd.geometry import Box, CroppedMask
 
@@ -28,14 +28,27 @@ FRAME_SCHEMAS = (1, 2)  # frame versions refiners read (2 adds the optional `reg
 MAX_MASK_CROPS = 256  # defects per result; more crops are merged into one box
 TOPIC_PREFIX = "defect."
 MESSAGE_ERROR_KINDS = ("malformed", "oversized", "bad_image", "wrong_size", "schema_version")
+# results counted as bad without a MessageError: well-formed, but not from the refiner that holds the frame
+ACK_ERROR_KINDS = ("bad_ack_token",)
 DECISIONS = ("defect", "ok", "error")
-ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")  # ids become file names and topics
+# ids become file names and topics: a safe alphabet, and no leading dot (".", "..", hidden files)
+ID_PATTERN = re.compile(r"^(?!\.)[A-Za-z0-9_.:-]{1,128}$")
+ACK_TOKEN_PATTERN = re.compile(r"^[0-9a-f]{16,128}$")
+# JSON is bounded before it is parsed: its size, and its nesting (the parser recurses)
+MAX_HEADER_BYTES = 64 * 2**10  # a frame header is about 500 bytes
+MAX_RESULT_JSON_BYTES = 4 * 2**20  # about 10000 defects
+MAX_JSON_DEPTH = 32
+MAX_JSON_INT = 2**63  # larger integers are no number any reader can hold (10**400 overflows a float)
+PX_PER_MM_RANGE = (1e-3, 1e5)  # 1 px per metre .. 10 nm per px: outside, mm values stop being finite
 
 FRAME_FIELDS = {  # field -> accepted JSON types
     "schema": int, "frame_id": str, "camera": str, "captured_at": (int, float), "screened_at": (int, float),
     "score": (int, float), "threshold": (int, float), "map_summary": dict, "model_id": str,
     "width": int, "height": int, "encoding": str, "px_per_mm": (int, float, type(None)),
 }
+# ack_token: the capture's per-frame secret that only the genuine result echoes (it alone acks the
+# frame); error: the reason of a decision "error"
+OPTIONAL_FIELDS = {"ack_token": str, "error": str}
 RESULT_FIELDS = {
     "schema": int, "frame_id": str, "camera": str, "timestamps": dict, "image_score": (int, float),
     "decision": str, "defects": list, "refinement": dict, "model_id": str, "mask": dict,
@@ -80,34 +93,29 @@ def encode_frame(header: dict, image: np.ndarray) -> list[bytes]:
 
 
 def parse_frame(parts: list[bytes], max_bytes: int, expected_size: tuple[int, int] | None = None,
-                max_pixels: int | None = None) -> tuple[dict, np.ndarray]:
-    """Validate a frame message; returns (header, float RGB image). A frame declaring more than
-    max_pixels is refused before its image is decoded."""
+                max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[dict, np.ndarray]:
+    """Validate a frame message; returns (header, float RGB image). Sizes, regions and the PNG's
+    own header are checked before anything is decoded."""
     total = sum(len(p) for p in parts)
     if total > max_bytes:
         raise MessageError("oversized", f"frame message of {total} bytes exceeds max_message_bytes={max_bytes}")
     if len(parts) != 2:
         raise MessageError("malformed", f"frame message has {len(parts)} parts, expected 2 (header, image)")
-    header = loads(parts[0], "frame header")
+    header = loads(parts[0], "frame header", MAX_HEADER_BYTES)
     check_schema(header, FRAME_SCHEMAS)
     check_fields(header, FRAME_FIELDS, "frame header")
+    check_px_per_mm(header["px_per_mm"])
     if header["encoding"] != "png":
         raise MessageError("malformed", f"frame encoding {header['encoding']!r}, expected 'png'")
     declared = (header["height"], header["width"])
-    if max_pixels is not None and declared[0] * declared[1] > max_pixels:
+    if declared[0] * declared[1] > max_pixels:
         raise MessageError("oversized", f"frame {header['frame_id']}: {declared[1]}x{declared[0]} exceeds "
-                                        f"max_frame_pixels={max_pixels}")
-    header["regions"] = frame_regions(header, *declared)  # cheap checks before decoding
-    try:
-        image = decode_image(parts[1], f"frame {header['frame_id']}")
-    except BadImageError as exc:
-        raise MessageError("bad_image", str(exc)) from None
-    if image.shape[:2] != declared:
-        raise MessageError("wrong_size", f"frame {header['frame_id']}: image is {image.shape[1]}x{image.shape[0]}, "
-                                         f"header says {declared[1]}x{declared[0]}")
+                                        f"transport.max_frame_pixels={max_pixels}")
+    header["regions"] = frame_regions(header, *declared)
     if expected_size is not None and declared != tuple(expected_size):
         raise MessageError("wrong_size", f"frame {header['frame_id']}: {declared[1]}x{declared[0]}, this refiner "
                                          f"expects {expected_size[1]}x{expected_size[0]}")
+    image = decode_png_part(parts[1], f"frame {header['frame_id']}", declared, max_pixels, (0, 2))
     return header, image
 
 
@@ -157,11 +165,11 @@ def encode_result(result: dict, mask: np.ndarray | ResultMask) -> list[bytes]:
     return [topic_for(full["camera"]).encode(), dumps(full), *(encode_png(c) for _, c in mask.crops)]
 
 
-def parse_result(parts: list[bytes]) -> tuple[dict, ResultMask]:
+def parse_result(parts: list[bytes], max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[dict, ResultMask]:
     """Validate a result message (schema 1 or 2); returns (result, mask)."""
     if len(parts) < 2:
         raise MessageError("malformed", f"result message has {len(parts)} parts, expected topic, JSON, mask")
-    result = loads(parts[1], "result")
+    result = loads(parts[1], "result", MAX_RESULT_JSON_BYTES)
     check_schema(result, RESULT_SCHEMAS)
     check_fields(result, RESULT_FIELDS, "result")
     if parts[0] != topic_for(result["camera"]).encode():
@@ -173,16 +181,11 @@ def parse_result(parts: list[bytes]) -> tuple[dict, ResultMask]:
     if len(parts) != 2 + len(boxes):
         raise MessageError("malformed", f"result message has {len(parts)} parts, expected {2 + len(boxes)} "
                                         f"(topic, JSON, {len(boxes)} mask part(s))")
-    crops = []
-    for box, data in zip(boxes, parts[2:]):
-        try:
-            crop = decode_image(data, f"mask of {result['frame_id']}").max(axis=2) > 0.5
-        except BadImageError as exc:
-            raise MessageError("bad_image", str(exc)) from None
-        if crop.shape != (box.h, box.w):
-            raise MessageError("wrong_size", f"mask crop of {result['frame_id']} is {crop.shape[1]}x{crop.shape[0]}, "
-                                             f"result says {box.w}x{box.h}")
-        crops.append((box, crop))
+    if sum(b.area for b in boxes) > max_pixels:
+        raise MessageError("oversized", f"mask of {result['frame_id']}: crops of {sum(b.area for b in boxes)} pixels "
+                                        f"exceed transport.max_frame_pixels={max_pixels}")
+    crops = [(box, decode_png_part(data, f"mask of {result['frame_id']}", (box.h, box.w), max_pixels, (0,))
+              .max(axis=2) > 0.5) for box, data in zip(boxes, parts[2:])]
     return result, ResultMask(height, width, crops)
 
 
@@ -214,23 +217,87 @@ def check_box(value, height: int, width: int, what: str) -> Box:
     return box
 
 
+def decode_png_part(data: bytes, name: str, declared: tuple[int, int], max_pixels: int,
+                    colour_types: tuple[int, ...]) -> np.ndarray:
+    """An 8-bit PNG part of exactly the declared (H, W), checked from its header before decoding."""
+    try:
+        width, height = check_png(data, max_pixels, name, colour_types)
+        if (height, width) != tuple(declared):
+            raise MessageError("wrong_size", f"{name}: image is {width}x{height}, the message says "
+                                             f"{declared[1]}x{declared[0]}")
+        image = decode_image(data, name, max_pixels)
+    except BadImageError as exc:
+        raise MessageError("bad_image", str(exc)) from None
+    if image.shape[:2] != tuple(declared):  # the decoder disagrees with the PNG's own header
+        raise MessageError("bad_image", f"{name}: decodes to {image.shape[1]}x{image.shape[0]}, its header says "
+                                        f"{width}x{height}")
+    return image
+
+
 # --- shared checks ---------------------------------------------------------------------------
 def dumps(obj: dict) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
-
-
-def loads(data: bytes, what: str) -> dict:
     try:
-        obj = json.loads(data.decode("utf-8"), parse_constant=reject_constant)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise MessageError("malformed", f"{what} is not UTF-8 JSON ({exc})") from None
+        return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
+    except ValueError as exc:  # never publish inf/NaN: no strict reader could take it
+        raise MessageError("malformed", f"a value is not finite ({exc})") from None
+
+
+def loads(data: bytes, what: str, max_bytes: int) -> dict:
+    """A JSON object, with its size and nesting checked before the (recursive) parser sees it."""
+    if len(data) > max_bytes:
+        raise MessageError("oversized", f"{what} of {len(data)} bytes exceeds {max_bytes}")
+    if (depth := nesting_depth(data)) > MAX_JSON_DEPTH:
+        raise MessageError("malformed", f"{what} nests {depth} levels deep, more than {MAX_JSON_DEPTH}")
+    try:
+        obj = json.loads(data.decode("utf-8"), parse_constant=reject_constant, parse_int=bounded_int,
+                         parse_float=finite_float)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise MessageError("malformed", f"{what} is not UTF-8 JSON ({str(exc)[:200]})") from None
     if not isinstance(obj, dict):
         raise MessageError("malformed", f"{what} is a JSON {type(obj).__name__}, expected an object")
     return obj
 
 
+def nesting_depth(data: bytes) -> int:
+    """How deep [ and { nest outside strings: vectorised and linear in the size (a regex over
+    strings is quadratic on an unterminated one full of escaped quotes)."""
+    chars = np.frombuffer(data, np.uint8)
+    if not chars.size:
+        return 0
+    index = np.arange(chars.size)
+    backslash = chars == ord("\\")
+    last_other = np.maximum.accumulate(np.where(backslash, -1, index))
+    run = index - last_other  # backslashes ending at each position (0 on any other character)
+    escaped = np.zeros(chars.size, bool)
+    escaped[1:] = run[:-1] % 2 == 1  # an odd run of backslashes escapes the next character
+    quotes = (chars == ord('"')) & ~escaped
+    outside = np.cumsum(quotes) % 2 == 0  # after an even number of quotes (a closing quote counts as outside)
+    opens = np.isin(chars, (ord("["), ord("{"))) & outside & ~escaped
+    closes = np.isin(chars, (ord("]"), ord("}"))) & outside & ~escaped
+    return int(np.cumsum(opens.astype(np.int32) - closes).max(initial=0))
+
+
 def reject_constant(name: str):
     raise ValueError(f"{name} is not allowed")  # NaN / Infinity are not JSON numbers
+
+
+def bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > 19 or abs(value := int(text)) > MAX_JSON_INT:
+        raise ValueError(f"integer {text[:20]}... is out of range")
+    return value
+
+
+def finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:20]} is not finite")
+    return value
+
+
+def check_px_per_mm(value: float | None) -> None:
+    low, high = PX_PER_MM_RANGE
+    if value is not None and not low <= value <= high:
+        raise MessageError("malformed", f"frame header field px_per_mm={value!r} is outside [{low}, {high}]")
 
 
 def check_schema(obj: dict, accepted: tuple[int, ...]) -> None:
@@ -251,8 +318,13 @@ def check_fields(obj: dict, fields: dict, what: str) -> None:
             raise MessageError("malformed", f"{what} field {name} is not finite")
     for name in ("frame_id", "camera"):
         if not ID_PATTERN.match(obj[name]):
-            raise MessageError("malformed", f"{what} field {name} {obj[name][:80]!r} has characters outside "
-                                            "A-Z a-z 0-9 _ . : -")
+            raise MessageError("malformed", f"{what} field {name} {obj[name][:80]!r} starts with a dot or has "
+                                            "characters outside A-Z a-z 0-9 _ . : -")
     for name in ("width", "height"):
         if name in fields and fields[name] is int and not 0 < obj[name] <= 65536:
             raise MessageError("malformed", f"{what} field {name}={obj[name]} out of range")
+    for name, types in OPTIONAL_FIELDS.items():
+        if name in obj and not isinstance(obj[name], types):
+            raise MessageError("malformed", f"{what} field {name} has type {type(obj[name]).__name__}")
+    if "ack_token" in obj and not ACK_TOKEN_PATTERN.match(obj["ack_token"]):
+        raise MessageError("malformed", f"{what} field ack_token is not 16 to 128 lowercase hex digits")

@@ -58,7 +58,8 @@ class Refinement:
 class RefinerLoop:
     def __init__(self, settings: Settings, refinement: Refinement, metrics: ServiceMetrics, pub: zmq.Socket):
         self.settings, self.refinement, self.metrics, self.pub = settings, refinement, metrics, pub
-        self.recent: collections.OrderedDict[str, list[bytes]] = collections.OrderedDict()
+        # keyed by (frame_id, ack_token): a frame sent under another frame's id never gets its answer
+        self.recent: collections.OrderedDict[tuple[str, str], list[bytes]] = collections.OrderedDict()
         self.counts = {"received": 0, "published": 0, "bad": 0, "repeats": 0}
 
     def handle(self, parts: list[bytes]) -> dict | None:
@@ -72,8 +73,9 @@ class RefinerLoop:
             self.metrics.bad_inputs.labels(exc.kind).inc()
             self.counts["bad"] += 1
             return None
-        if header["frame_id"] in self.recent:  # a resend whose first result was missed
-            self.pub.send_multipart(self.recent[header["frame_id"]])
+        key = (header["frame_id"], header.get("ack_token", ""))
+        if key in self.recent:  # a resend whose first result was missed
+            self.pub.send_multipart(self.recent[key])
             self.counts["repeats"] += 1
             return None
         result, mask = self.refine(header, image)
@@ -103,13 +105,15 @@ class RefinerLoop:
         }
         if error:
             result["error"] = error[:500]
+        if "ack_token" in header:
+            result["ack_token"] = header["ack_token"]  # proves to the capture that this refiner holds the frame
         return result, mask
 
     def publish(self, result: dict, mask: CroppedMask) -> None:
         result["timestamps"]["published"] = time.time()
         parts = encode_result(result, mask)
         self.pub.send_multipart(parts)
-        self.recent[result["frame_id"]] = parts
+        self.recent[(result["frame_id"], result.get("ack_token", ""))] = parts
         if len(self.recent) > RECENT_RESULTS:
             self.recent.popitem(last=False)
         self.counts["published"] += 1
@@ -138,6 +142,8 @@ def check_outputs(mask, score_map, shape: tuple[int, int]) -> tuple[np.ndarray, 
     mask, score_map = np.asarray(mask, bool), np.asarray(score_map, np.float32)
     if mask.shape != shape or score_map.shape != shape:
         raise InspectdError(f"refine returned mask {mask.shape} and score map {score_map.shape}, expected {shape}")
+    if not np.isfinite(score_map).all():  # the defects' scores would be NaN/inf: unpublishable JSON
+        raise InspectdError("refine returned a score map whose values are not finite")
     return mask, score_map
 
 

@@ -20,7 +20,7 @@ from inspectd.errors import ConfigError
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 DEFAULT_SETTINGS_FILE = CONFIG_DIR / "demo.yaml"
 # camera ids end up in topics and spool file names: keep them to a safe alphabet
-NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+NAME_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$"  # no leading dot
 Device = Literal["auto", "cpu", "cuda"]
 
 
@@ -114,7 +114,8 @@ class TransportSettings(Section):
     hwm: int = Field(100, ge=1)  # messages queued per peer before sends wait or drop
     # larger frame messages are rejected: a 5 MP camera frame is about 10 MiB as PNG, 20 MP about 40
     max_message_bytes: int = Field(64 * 2**20, ge=1024)
-    # frames with more pixels are refused before decoding (capture and refiner): bounds memory
+    # frames and masks declaring more pixels are refused from their header, before decoding
+    # (capture and refiner): bounds memory; 25 MP covers a 20 MP camera
     max_frame_pixels: int = Field(25_000_000, ge=256)
     # a (re)started refiner publishes nothing for this long after binding PUB, so subscribers
     # (capture's ack listener, watch, the PLC) reconnect first: PUB drops what they miss
@@ -152,7 +153,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="INSPECTD_", env_nested_delimiter="__", extra="forbid")
 
     camera_id: str = Field("cam0", pattern=NAME_PATTERN)
-    px_per_mm: float | None = Field(None, gt=0)
+    px_per_mm: float | None = Field(None, ge=1e-3, le=1e5)  # as the frame header's range (messages.py)
     capture: CaptureSettings = CaptureSettings()
     screening: ScreeningSettings = ScreeningSettings()
     refiner: RefinerSettings = RefinerSettings()

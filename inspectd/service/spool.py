@@ -16,6 +16,8 @@ transport thread sends, acks and resends.
 
 from __future__ import annotations
 
+import hmac
+import json
 import logging
 import os
 import struct
@@ -38,6 +40,7 @@ class Entry:
     size: int
     sent_at: float | None = None  # None: not yet sent since it was spooled or reloaded
     attempts: int = 0
+    token: str = ""  # the frame's ack_token: only a result echoing it acks the frame
 
 
 class Spool:
@@ -85,8 +88,8 @@ class Spool:
         return read_entry(entry.path)
 
     # --- changes ---------------------------------------------------------------------------
-    def put(self, frame_id: str, parts: list[bytes]) -> bool:
-        """Spool a message durably; False when the full policy rejected it."""
+    def put(self, frame_id: str, parts: list[bytes], token: str = "") -> bool:
+        """Spool a message durably (its header carries `token`); False when the full policy rejected it."""
         size = sum(len(p) for p in parts)
         with self.lock:
             if frame_id in self.entries:
@@ -100,7 +103,7 @@ class Spool:
             self.sequence += 1
             path = self.dir / f"{self.sequence:020d}_{frame_id}{SUFFIX}"
             write_entry(path, parts)
-            self.entries[frame_id] = Entry(frame_id, path, size)
+            self.entries[frame_id] = Entry(frame_id, path, size, token=token)
             self.bytes += size
             return True
 
@@ -110,12 +113,14 @@ class Spool:
             if entry is not None:
                 entry.sent_at, entry.attempts = now, entry.attempts + 1
 
-    def ack(self, frame_id: str) -> bool:
-        """Remove an entry whose result was seen; False when it was not (or no longer) spooled."""
+    def ack(self, frame_id: str, token: str = "") -> bool:
+        """Remove an entry whose result was seen; False when it was not (or no longer) spooled,
+        or when `token` is not the frame's own (a result from anyone but the refiner holding it)."""
         with self.lock:
-            entry = self.entries.pop(frame_id, None)
-            if entry is None:
+            entry = self.entries.get(frame_id)
+            if entry is None or not hmac.compare_digest(entry.token, token):
                 return False
+            del self.entries[frame_id]
             self._remove(entry)
             return True
 
@@ -160,11 +165,20 @@ class Spool:
                 path.unlink(missing_ok=True)
                 self.on_drop("spool_corrupt", frame_id or path.name)
                 continue
-            self.entries[frame_id] = Entry(frame_id, path, sum(len(p) for p in parts))
+            self.entries[frame_id] = Entry(frame_id, path, sum(len(p) for p in parts), token=ack_token_of(parts))
             self.bytes += self.entries[frame_id].size
             self.sequence = max(self.sequence, int(sequence))
         if self.entries:
             log.info("spool %s: %d frame(s) from a previous run will be resent", self.dir, len(self.entries))
+
+
+def ack_token_of(parts: list[bytes]) -> str:
+    """The ack_token in a spooled frame's header (part 0); "" for entries spooled without one."""
+    try:
+        token = json.loads(parts[0]).get("ack_token", "")
+    except (ValueError, AttributeError, IndexError):
+        return ""
+    return token if isinstance(token, str) else ""
 
 
 def write_entry(path: Path, parts: list[bytes]) -> None:

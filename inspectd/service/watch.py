@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
@@ -19,11 +20,13 @@ log = logging.getLogger(__name__)
 
 def results(settings: Settings, stop_event: threading.Event, camera: str | None = None,
             timeout_s: float | None = None, ready: threading.Event | None = None,
-            connect_wait_s: float = 5.0) -> Iterator[tuple[dict, np.ndarray]]:
+            connect_wait_s: float = 5.0, on_bad: Callable[[str], None] | None = None
+            ) -> Iterator[tuple[dict, np.ndarray]]:
     """(result, mask) for each frame once (resends are de-duplicated), until stop or timeout.
 
     PUB/SUB drops what is published before a subscriber is connected, so this first waits up
-    to connect_wait_s for every refiner's handshake, then sets `ready`.
+    to connect_wait_s for every refiner's handshake, then sets `ready`. A bad message is
+    logged, passed to on_bad(kind) and skipped.
     """
     transport = Transport(settings.transport)
     topic = topic_for(camera) if camera else TOPIC_PREFIX
@@ -40,11 +43,14 @@ def results(settings: Settings, stop_event: threading.Event, camera: str | None 
                 if camera and parts[0] != topic.encode():
                     continue  # prefix match: defect.cam1 also matches defect.cam10
                 try:
-                    result, mask = parse_result(parts)
+                    result, mask = parse_result(parts, settings.transport.max_frame_pixels)
                 except MessageError as exc:
                     log.warning("ignoring bad result message: %s", exc)
+                    if on_bad is not None:
+                        on_bad(exc.kind)
                     continue
-                if dedup.first_time(result["frame_id"]):
+                # keyed with the token too: a forged result first never hides the genuine one
+                if dedup.first_time(f"{result['frame_id']}#{result.get('ack_token', '')}"):
                     yield result, mask
     finally:
         transport.close()
@@ -63,6 +69,20 @@ def format_result(result: dict) -> list[str]:
             for i, d in enumerate(result["defects"])]
 
 
+def printable(result: dict) -> list[str] | None:
+    """format_result's lines, or None for a result whose nested values it cannot read.
+
+    parse_result checks the top-level fields; what a refiner put inside (defects, refinement)
+    is only read here, so a wrong type there must cost one skipped result, never the watcher.
+    """
+    try:
+        return format_result(result)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError) as exc:
+        log.warning("ignoring result %s that cannot be printed: %s: %s", result.get("frame_id"),
+                    type(exc).__name__, str(exc)[:200])
+        return None
+
+
 def format_defect(d: dict) -> str:
     area = f"area {d['area_px']} px" + (f" ({d['area_mm2']:.2f} mm2)" if "area_mm2" in d else "")
     scores = f" score mean {d['mean_score']:.3f} max {d['max_score']:.3f}" if "mean_score" in d else ""
@@ -71,11 +91,18 @@ def format_defect(d: dict) -> str:
 
 
 def watch(settings: Settings, stop_event: threading.Event, camera: str | None = None, count: int | None = None,
-          timeout_s: float | None = None, out: Callable[[str], None] = print) -> int:
-    """Print results until stopped, `count` results, or `timeout_s`; returns how many were printed."""
+          timeout_s: float | None = None, out: Callable[[str], None] = print,
+          bad: collections.Counter | None = None) -> int:
+    """Print results until stopped, `count` results, or `timeout_s`; returns how many were printed.
+
+    Messages it ignores are counted in `bad` by kind (a MessageError kind, or "unprintable")."""
+    bad = bad if bad is not None else collections.Counter()
     seen = 0
-    for result, _mask in results(settings, stop_event, camera, timeout_s):
-        for line in format_result(result):
+    for result, _mask in results(settings, stop_event, camera, timeout_s, on_bad=lambda kind: bad.update([kind])):
+        if (lines := printable(result)) is None:
+            bad.update(["unprintable"])
+            continue
+        for line in lines:
             out(line)
         seen += 1
         if count is not None and seen >= count:
