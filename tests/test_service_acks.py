@@ -28,13 +28,18 @@ from test_service_pipeline import RawSubscriber, frame_parts
 
 
 def forged_result(frame_id: str, **over) -> list[bytes]:
-    """What an attacker can publish knowing only a frame id: a well-formed 'ok' result."""
+    """What an attacker can publish knowing only a frame id: a well-formed result (one small
+    defect, so the message has a mask crop part for the hostile cases to vary)."""
     result = {"frame_id": frame_id, "camera": "testcam",
               "timestamps": {"captured": 1.0, "screened": 1.0, "refined": 1.0, "published": 1.0},
-              "image_score": 0.0, "decision": "ok", "defects": [],
+              "image_score": 0.0, "decision": "defect",
+              "defects": [{"area_px": 4, "bbox": [0, 0, 2, 2], "centroid": [0.5, 0.5], "orientation_deg": 0.0,
+                           "major_axis_px": 2.31, "minor_axis_px": 2.31}],
               "refinement": {"seconds": 0.0, "iterations": 0, "device": ""}, "model_id": "forged",
               "screening_model_id": "forged", **over}
-    return encode_result(result, np.zeros((64, 64), bool))
+    mask = np.zeros((64, 64), bool)
+    mask[:2, :2] = True
+    return encode_result(result, mask)
 
 
 def spooled_ids(settings) -> list[str]:

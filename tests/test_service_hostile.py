@@ -53,7 +53,7 @@ def test_watch_survives_any_result_and_counts_what_it_ignores(tmp_path):
         pub.send_multipart(good)
         watcher.join(20)
         assert not watcher.is_alive() and seen == [1], bad
-        assert len(lines) == 1 and "cam-1-0000001" in lines[0] and "no defect" in lines[0]
+        assert len(lines) == 1 and "cam-1-0000001" in lines[0] and "defect 1/1: area 4 px" in lines[0]
         assert sum(bad.values()) == len(hostile), bad  # every bad one counted, by kind
         assert bad["malformed"] >= 5 and bad["unprintable"] == 4
     finally:
