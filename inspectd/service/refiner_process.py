@@ -3,8 +3,11 @@
 The refinement model arrives as a plain callable
 `refine(image, header) -> (bool mask, score_map, stats)`, stats with `iterations` (and
 optionally `seconds`, `device`). A bad message is counted by kind and skipped; a refinement that
-raises is published with decision "error" (so capture stops resending a frame that can never
-succeed); nothing here ends the process except stop_event.
+raises is tried again up to refiner.max_attempts times, then published with decision "error"
+and its reason (capture moves that frame to its dead-letter folder instead of resending it);
+anything else that fails on one message is logged, counted (inspectd_loop_errors_total) and
+skipped. Only stop_event ends the loop, or the heartbeat thread dying (ThreadDied: the process
+exits non-zero, so systemd restarts it).
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ import zmq
 
 from inspectd.errors import InspectdError
 from inspectd.deploy.inspector import MIN_DEFECT_AREA_PX, judge
-from inspectd.service.lifecycle import reload_model, signal_handlers
+from inspectd.service.heartbeat import HeartbeatSender, LockedSocket, refiner_identity
+from inspectd.service.lifecycle import check_alive, reload_model, signal_handlers
 from inspectd.service.messages import MESSAGE_ERROR_KINDS, MessageError, encode_result, parse_frame
 from inspectd.service.metrics import ServiceMetrics
 from inspectd.service.sdnotify import Notifier
@@ -44,14 +48,28 @@ class Refinement:
 
 
 class RefinerLoop:
-    def __init__(self, settings: Settings, refinement: Refinement, metrics: ServiceMetrics, pub: zmq.Socket):
+    def __init__(self, settings: Settings, refinement: Refinement, metrics: ServiceMetrics, pub: zmq.Socket,
+                 heartbeat: HeartbeatSender | None = None):
         self.settings, self.refinement, self.metrics, self.pub = settings, refinement, metrics, pub
+        self.heartbeat = heartbeat
         self.recent: collections.OrderedDict[str, list[bytes]] = collections.OrderedDict()
-        self.counts = {"received": 0, "published": 0, "bad": 0, "repeats": 0}
+        self.counts = {"received": 0, "published": 0, "bad": 0, "repeats": 0, "errors": 0}
 
     def handle(self, parts: list[bytes]) -> dict | None:
-        """One message in; the published result, or None when the message was unusable."""
+        """One message in; the published result, or None. Never raises: one message cannot end the loop."""
         self.counts["received"] += 1
+        try:
+            return self.handle_message(parts)
+        except Exception as exc:  # whatever it was, the next message gets a working refiner
+            log.exception("refiner loop: a message failed and is skipped: %s", exc)
+            self.metrics.loop_errors.labels("refiner").inc()
+            self.counts["errors"] += 1
+            return None
+        finally:
+            if self.heartbeat is not None:
+                self.heartbeat.busy(None)
+
+    def handle_message(self, parts: list[bytes]) -> dict | None:
         try:
             header, image = parse_frame(parts, self.settings.transport.max_message_bytes,
                                         self.refinement.image_size)
@@ -64,37 +82,58 @@ class RefinerLoop:
             self.pub.send_multipart(self.recent[header["frame_id"]])
             self.counts["repeats"] += 1
             return None
-        result, mask = self.refine(header, image)
-        self.publish(result, mask)
+        if self.heartbeat is not None:
+            self.heartbeat.busy(header["frame_id"])  # if this frame kills us, capture learns which one
+        try:
+            result, mask = self.refine(header, image)
+            self.publish(result, mask)
+        except Exception as exc:  # e.g. a result that cannot be encoded: still answer, with the reason
+            log.error("frame %s: no result could be published (%s); publishing an error result",
+                      header["frame_id"], exc)
+            result, mask = self.error_result(header, image.shape[:2], f"result not publishable: {exc}"), None
+            self.publish(result, np.zeros(image.shape[:2], bool))
         return result
 
     def refine(self, header: dict, image: np.ndarray) -> tuple[dict, np.ndarray]:
-        started = time.perf_counter()
-        try:
-            mask, score_map, stats = self.refinement.refine(image, header)
-            mask, score_map = check_outputs(mask, score_map, image.shape[:2])
-            error = None
-        except Exception as exc:  # a model failure on one frame is reported, not fatal
-            log.error("refining frame %s failed: %s", header["frame_id"], exc)
-            mask, score_map, stats, error = np.zeros(image.shape[:2], bool), None, {}, str(exc)
+        """Refine and judge, up to refiner.max_attempts times; an error result when every attempt failed."""
+        attempts = self.settings.refiner.max_attempts
+        for attempt in range(1, attempts + 1):
+            started = time.perf_counter()
+            try:
+                mask, score_map, stats = self.refinement.refine(image, header)
+                mask, score_map = check_outputs(mask, score_map, image.shape[:2])
+                px_per_mm = header.get("px_per_mm") or self.settings.px_per_mm
+                min_area = self.refinement.min_area_px or self.settings.refiner.min_area_px or MIN_DEFECT_AREA_PX
+                decision, defects, mask = judge(mask, score_map, min_area, px_per_mm)
+                break
+            except Exception as exc:  # a model failure on one frame is reported, not fatal
+                log.error("refining frame %s failed (attempt %d of %d): %s", header["frame_id"], attempt,
+                          attempts, exc)
+                self.metrics.refinement_failures.inc()
+                error = f"refinement failed {attempts} time(s): {exc}"
+        else:
+            return self.error_result(header, image.shape[:2], error), np.zeros(image.shape[:2], bool)
         seconds = time.perf_counter() - started
         self.metrics.refinement_latency.observe(seconds)
-        px_per_mm = header.get("px_per_mm") or self.settings.px_per_mm
-        min_area = self.refinement.min_area_px or self.settings.refiner.min_area_px or MIN_DEFECT_AREA_PX
-        decision, defects, mask = judge(mask, score_map, min_area, px_per_mm)
-        result = {
+        result = self.base_result(header, decision, defects)
+        result["refinement"] = {"seconds": round(float(stats.get("seconds", seconds)), 4),
+                                "iterations": int(stats.get("iterations", 0)), "device": str(stats.get("device", ""))}
+        return result, mask
+
+    def base_result(self, header: dict, decision: str, defects: list) -> dict:
+        return {
             "frame_id": header["frame_id"], "camera": header["camera"],
             "timestamps": {"captured": header["captured_at"], "screened": header["screened_at"],
                            "refined": time.time()},
-            "image_score": header["score"], "decision": "error" if error else decision,
-            "defects": defects,
-            "refinement": {"seconds": round(float(stats.get("seconds", seconds)), 4),
-                           "iterations": int(stats.get("iterations", 0)), "device": str(stats.get("device", ""))},
+            "image_score": header["score"], "decision": decision, "defects": defects,
+            "refinement": {"seconds": 0.0, "iterations": 0, "device": ""},
             "model_id": self.refinement.model_id, "screening_model_id": header["model_id"],
         }
-        if error:
-            result["error"] = error[:500]
-        return result, mask
+
+    def error_result(self, header: dict, shape: tuple[int, int], error: str) -> dict:
+        result = self.base_result(header, "error", [])
+        result["error"] = error[:500]
+        return result
 
     def publish(self, result: dict, mask: np.ndarray) -> None:
         result["timestamps"]["published"] = time.time()
@@ -138,7 +177,13 @@ def run_refiner(settings: Settings, refine: RefineFn, stop_event: threading.Even
     stop_event.wait(settings.transport.pub_grace_s)
     pull = transport.frames_pull()
     reconnector = Reconnector(pull)
-    loop = RefinerLoop(settings, Refinement(refine, model_id, image_size, min_area_px), metrics, pub)
+    pub = LockedSocket(pub)  # the heartbeat thread publishes on it too
+    heartbeat = None
+    if settings.transport.heartbeat_s:
+        heartbeat = HeartbeatSender(pub, refiner_identity(settings.transport.results_bind),
+                                    settings.transport.heartbeat_s)
+        heartbeat.start()
+    loop = RefinerLoop(settings, Refinement(refine, model_id, image_size, min_area_px), metrics, pub, heartbeat)
     serving = settings.metrics.port is not None  # else the caller serves (or not) its metrics
     if serving:
         metrics.serve(settings.metrics.host, settings.metrics.port)
@@ -150,6 +195,7 @@ def run_refiner(settings: Settings, refine: RefineFn, stop_event: threading.Even
     try:
         with signal_handlers(stop_event, reload_event):
             while not stop_event.is_set():
+                check_alive(heartbeat, metrics, "refiner")
                 if interval and time.monotonic() - last_ping >= interval:
                     notifier.watchdog()
                     last_ping = time.monotonic()
@@ -161,6 +207,8 @@ def run_refiner(settings: Settings, refine: RefineFn, stop_event: threading.Even
                 metrics.reconnects.inc(len(reconnector.check()))
     finally:
         notifier.stopping()
+        if heartbeat is not None and heartbeat.is_alive():
+            heartbeat.stop()
         reconnector.close()
         transport.close()
         metrics.up.labels("refiner").set(0)
