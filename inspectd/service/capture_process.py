@@ -62,18 +62,23 @@ class FrameSender(threading.Thread):
     the refiners' heartbeats."""
 
     def __init__(self, push: zmq.Socket, sub: zmq.Socket, spool: Spool, camera: str, metrics: ServiceMetrics,
-                 tick_s: float = 0.02, max_attempts: int = 3):
+                 tick_s: float = 0.02, max_attempts: int = 3, handshake_backoff_max_s: float = 30.0):
         super().__init__(name="frame-sender", daemon=True)
         self.push, self.sub, self.spool = push, sub, spool
         self.topic = topic_for(camera).encode()
         self.metrics, self.tick_s, self.max_attempts = metrics, tick_s, max_attempts
+        self.handshake_backoff_max_s = handshake_backoff_max_s
         self.refiners = RefinerTracker()
         self.stop_event = threading.Event()
         self.error: BaseException | None = None
         sub.setsockopt(zmq.SUBSCRIBE, HEARTBEAT_TOPIC)
 
     def run(self) -> None:
-        reconnector = Reconnector(self.sub)
+        failures = self.metrics.handshake_failures
+        reconnector = Reconnector(self.sub, self.handshake_backoff_max_s,
+                                  lambda endpoint: failures.labels("results_sub").inc())
+        push_monitor = Reconnector(self.push, on_handshake_failure=lambda endpoint: failures.labels("frames_push").inc(),
+                                   reconnect=False)
         poller = zmq.Poller()
         poller.register(self.sub, zmq.POLLIN)
         failed_ticks = 0
@@ -81,6 +86,7 @@ class FrameSender(threading.Thread):
             while not self.stop_event.is_set():
                 try:
                     self.tick(poller, reconnector)
+                    push_monitor.check()
                     failed_ticks = 0
                 except Exception as exc:  # one bad tick is logged; a sender that only fails gives up
                     failed_ticks += 1
@@ -93,6 +99,7 @@ class FrameSender(threading.Thread):
             self.error = exc
         finally:
             reconnector.close()
+            push_monitor.close()
 
     def tick(self, poller: zmq.Poller, reconnector: Reconnector) -> None:
         if poller.poll(self.tick_s * 1000):
@@ -251,7 +258,8 @@ def run_capture(settings: Settings, screen: ScreenFn, stop_event: threading.Even
     transport = Transport(settings.transport)
     try:
         sender = FrameSender(transport.frames_push(), transport.results_sub(topic_for(settings.camera_id)), spool,
-                             settings.camera_id, metrics, max_attempts=settings.refiner.max_attempts)
+                             settings.camera_id, metrics, max_attempts=settings.refiner.max_attempts,
+                             handshake_backoff_max_s=settings.transport.handshake_backoff_max_s)
     except BaseException:  # e.g. the port is taken: release the context and the authenticator thread
         transport.close()
         raise

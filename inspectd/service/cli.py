@@ -21,7 +21,7 @@ from inspectd.service.metrics import ServiceMetrics
 from inspectd.service.refiner_process import Refinement, run_refiner
 from inspectd.service.settings import DEFAULT_SETTINGS_FILE, Settings, load_settings
 from inspectd.service.transport import make_keypair
-from inspectd.service.watch import format_result, results, watch
+from inspectd.service.watch import result_lines, results, watch
 
 log = logging.getLogger(__name__)
 BuildScreener = Callable[[Settings], Screening]
@@ -118,7 +118,7 @@ def cmd_run(args, build_screener: BuildScreener, build_refiner: BuildRefiner, ou
 def print_results(settings: Settings, stop: threading.Event, ready: threading.Event, printed: list,
                   count: int | None, out) -> None:
     for result, _mask in results(settings, stop, settings.camera_id, ready=ready):
-        for line in format_result(result):
+        for line in result_lines(result):
             out(line)
         printed.append(result["frame_id"])
         if count is not None and len(printed) >= count:

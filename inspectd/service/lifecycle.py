@@ -51,8 +51,8 @@ def reload_model(current, reload, metrics, notifier):
     notifier.reloading()
     try:
         new = reload()
-    except (InspectdError, OSError) as exc:
-        log.error("reload failed, keeping model %s: %s", current.model_id, exc)
+    except Exception as exc:  # any bad bundle file: the line goes on with the model it has
+        log.error("reload failed, keeping model %s: %s", current.model_id, " ".join(str(exc).split())[:500])
         metrics.reloads.labels("failed").inc()
         return current
     finally:

@@ -176,7 +176,11 @@ def run_refiner(settings: Settings, refine: RefineFn, stop_event: threading.Even
     # take frames only once subscribers had time to (re)connect, or their results would be lost
     stop_event.wait(settings.transport.pub_grace_s)
     pull = transport.frames_pull()
-    reconnector = Reconnector(pull)
+    failures = metrics.handshake_failures
+    reconnector = Reconnector(pull, settings.transport.handshake_backoff_max_s,
+                              lambda endpoint: failures.labels("frames_pull").inc())
+    pub_monitor = Reconnector(pub, on_handshake_failure=lambda endpoint: failures.labels("results_pub").inc(),
+                              reconnect=False)
     pub = LockedSocket(pub)  # the heartbeat thread publishes on it too
     heartbeat = None
     if settings.transport.heartbeat_s:
@@ -205,11 +209,14 @@ def run_refiner(settings: Settings, refine: RefineFn, stop_event: threading.Even
                 if pull.poll(200, zmq.POLLIN) and (parts := recv_multipart_nowait(pull)) is not None:
                     loop.handle(parts)
                 metrics.reconnects.inc(len(reconnector.check()))
+                pub_monitor.check()
     finally:
         notifier.stopping()
         if heartbeat is not None and heartbeat.is_alive():
             heartbeat.stop()
         reconnector.close()
+        with pub.lock:
+            pub_monitor.close()
         transport.close()
         metrics.up.labels("refiner").set(0)
         if serving:

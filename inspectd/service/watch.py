@@ -1,4 +1,7 @@
-"""`inspectd watch`: subscribe to the refiners' results and print one line per defect."""
+"""`inspectd watch`: subscribe to the refiners' results and print one line per defect.
+
+No message ends it: a result that cannot be parsed or printed is logged and skipped.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ import zmq
 
 from inspectd.service.messages import TOPIC_PREFIX, MessageError, parse_result, topic_for
 from inspectd.service.settings import Settings
-from inspectd.service.transport import Deduplicator, Transport, recv_multipart_nowait
+from inspectd.service.transport import Deduplicator, Reconnector, Transport, recv_multipart_nowait
 
 log = logging.getLogger(__name__)
 
@@ -28,12 +31,14 @@ def results(settings: Settings, stop_event: threading.Event, camera: str | None 
     transport = Transport(settings.transport)
     topic = topic_for(camera) if camera else TOPIC_PREFIX
     sub = transport.results_sub(topic, wait_s=connect_wait_s)
+    reconnector = Reconnector(sub, settings.transport.handshake_backoff_max_s)  # backs off from failed handshakes
     dedup = Deduplicator()
     deadline = time.monotonic() + timeout_s if timeout_s else None
     if ready is not None:
         ready.set()
     try:
         while not stop_event.is_set() and (deadline is None or time.monotonic() < deadline):
+            reconnector.check()
             if not sub.poll(100, zmq.POLLIN):
                 continue
             while (parts := recv_multipart_nowait(sub)) is not None:
@@ -44,9 +49,14 @@ def results(settings: Settings, stop_event: threading.Event, camera: str | None 
                 except MessageError as exc:
                     log.warning("ignoring bad result message: %s", exc)
                     continue
+                except Exception as exc:  # whatever it was, the next message is read
+                    log.warning("ignoring a result message that failed to parse (%s: %s)", type(exc).__name__,
+                                str(exc)[:200])
+                    continue
                 if dedup.first_time(result["frame_id"]):
                     yield result, mask
     finally:
+        reconnector.close()
         transport.close()
 
 
@@ -63,6 +73,15 @@ def format_result(result: dict) -> list[str]:
             for i, d in enumerate(result["defects"])]
 
 
+def result_lines(result: dict) -> list[str]:
+    """format_result, or one line saying the result could not be shown: printing never stops a loop."""
+    try:
+        return format_result(result)
+    except Exception as exc:
+        return [f"{result.get('camera')} {result.get('frame_id')}: result not printable "
+                f"({type(exc).__name__}: {str(exc)[:200]})"]
+
+
 def format_defect(d: dict) -> str:
     area = f"area {d['area_px']} px" + (f" ({d['area_mm2']:.2f} mm2)" if "area_mm2" in d else "")
     scores = f" score mean {d['mean_score']:.3f} max {d['max_score']:.3f}" if "mean_score" in d else ""
@@ -75,7 +94,7 @@ def watch(settings: Settings, stop_event: threading.Event, camera: str | None = 
     """Print results until stopped, `count` results, or `timeout_s`; returns how many were printed."""
     seen = 0
     for result, _mask in results(settings, stop_event, camera, timeout_s):
-        for line in format_result(result):
+        for line in result_lines(result):
             out(line)
         seen += 1
         if count is not None and seen >= count:
