@@ -14,21 +14,19 @@ import subprocess
 import sys
 import threading
 import time
+import struct
 import uuid
 import zlib
-import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
-import zmq
 
 from inspectd.data.images import write_image
 from inspectd.errors import ConfigError
 from inspectd.service.capture import Frame, open_source
-from inspectd.service.capture_process import Screening, run_capture
-from inspectd.service.heartbeat import (HEARTBEAT_TOPIC, RefinerTracker, encode_heartbeat, parse_heartbeat)
-from inspectd.service.lifecycle import ThreadDied, reload_model
+from inspectd.service.capture_process import run_capture
+from inspectd.service.lifecycle import reload_model
 from inspectd.service.messages import MessageError, encode_frame, encode_result
 from inspectd.service.metrics import ServiceMetrics
 from inspectd.service.refiner_process import run_refiner
@@ -366,6 +364,8 @@ def test_a_frame_that_kills_refiners_is_dead_lettered_and_deaths_are_seen_in_sec
 def test_refiner_deaths_on_one_frame_are_counted_up_to_max_attempts(tmp_path):
     """A fake refiner on test sockets: each incarnation announces the poison frame, then falls silent
     (dies); the next incarnation takes over under a new identity. Good frames are answered."""
+    from inspectd.service.heartbeat import encode_heartbeat
+
     settings = service_settings(tmp_path, spool={"ack_timeout_s": 60.0}, transport={"heartbeat_s": 0})
     metrics, screen = ServiceMetrics("capture"), ColourAxisScreenerDouble()
     frames = flagged_frames(3, poison={1})
@@ -415,6 +415,8 @@ def ok_result(frame_id: str) -> list[bytes]:
 
 def test_one_result_message_cannot_stop_the_acks(tmp_path):
     """The refiner is a test socket here, so it can publish what a broken or hostile refiner would."""
+    from inspectd.service.heartbeat import HEARTBEAT_TOPIC
+
     settings = service_settings(tmp_path, transport={"heartbeat_s": 0})
     metrics, screen = ServiceMetrics("capture"), ColourAxisScreenerDouble()
     frames = flagged_frames(2)
@@ -448,6 +450,8 @@ def test_one_result_message_cannot_stop_the_acks(tmp_path):
 
 
 def test_a_dead_sender_thread_ends_the_capture_with_an_error(tmp_path, monkeypatch):
+    from inspectd.service.lifecycle import ThreadDied
+
     def broken(self, now):
         raise OSError(5, "Input/output error")
 
@@ -476,6 +480,8 @@ def test_the_capture_process_exits_non_zero_when_its_sender_dies(tmp_path):
 
 
 def test_heartbeats_parse_strictly_and_track_refiners():
+    from inspectd.service.heartbeat import HEARTBEAT_TOPIC, RefinerTracker, encode_heartbeat, parse_heartbeat
+
     beat = parse_heartbeat(encode_heartbeat("host:1:tcp://x", "cam-1", 0.5))
     assert beat == {"refiner": "host:1:tcp://x", "busy": "cam-1", "interval_s": 0.5, "stopping": False}
     for parts in ([HEARTBEAT_TOPIC], [HEARTBEAT_TOPIC, b"[1]"], [HEARTBEAT_TOPIC, b'{"refiner": 3}'],

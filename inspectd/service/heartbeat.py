@@ -98,8 +98,10 @@ class HeartbeatSender(threading.Thread):
         self.pub.send_multipart(encode_heartbeat(self.refiner, self.frame_id, self.interval_s, stopping))
 
     def busy(self, frame_id: str | None) -> None:
-        self.frame_id = frame_id
-        self.send()
+        """Announce a change at once (a burst of bad messages, never busy, sends nothing extra)."""
+        if frame_id != self.frame_id:
+            self.frame_id = frame_id
+            self.send()
 
     def stop(self) -> None:
         self.stop_event.set()
