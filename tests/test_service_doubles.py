@@ -11,6 +11,8 @@ Also here: free ports and small settings for tests, imported by the other test_s
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import threading
 import time
@@ -43,17 +45,21 @@ class ColourAxisScreenerDouble:
 
 
 class ThresholdRefinerDouble:
-    """Test double: mask = colour-axis distance above the threshold; optional delay per frame."""
+    """Test double: mask = colour-axis distance above the threshold; optional delay per frame; with
+    poison=True the process kills itself (SIGKILL) on a pure red frame."""
 
     model_id = "test-double-threshold"
 
-    def __init__(self, delay_s: float = 0.0):
+    def __init__(self, delay_s: float = 0.0, poison: bool = False):
         self.screener = ColourAxisScreenerDouble()
-        self.delay_s = delay_s
+        self.delay_s, self.poison = delay_s, poison
 
     def __call__(self, image: np.ndarray, header: dict) -> tuple[np.ndarray, np.ndarray, dict]:
         if self.delay_s:
             time.sleep(self.delay_s)
+        if self.poison and image[..., 1:].max() == 0:  # pure red: die as an out-of-memory kill would
+            time.sleep(0.3)  # some work first (as a decompression bomb's), so heartbeats report the frame
+            os.kill(os.getpid(), signal.SIGKILL)
         scores = self.screener.score_map(image)
         return scores > DOUBLE_THRESHOLD, scores, {"iterations": 1}
 
@@ -132,9 +138,17 @@ def run_process(role: str, settings_json: str, idle_after: int | None = None) ->
     settings = Settings.model_validate_json(Path(settings_json).read_text())
     stop = threading.Event()
     if role == "refiner":
-        double = ThresholdRefinerDouble(delay_s=float(__import__("os").environ.get("DOUBLE_DELAY_S", "0")))
+        double = ThresholdRefinerDouble(delay_s=float(os.environ.get("DOUBLE_DELAY_S", "0")),
+                                        poison=os.environ.get("DOUBLE_POISON") == "1")
         run_refiner(settings, double, stop, model_id=double.model_id)
         return
+    if os.environ.get("DOUBLE_BREAK_SENDER") == "1":  # fault injection: every spool query fails
+        from inspectd.service.spool import Spool
+
+        def broken(self, now):
+            raise OSError(5, "Input/output error")
+
+        Spool.due_for_resend = broken
     screen = ColourAxisScreenerDouble()
     frames = None
     if idle_after is not None:

@@ -64,3 +64,28 @@ def test_missing_bundle_outside_the_demo_is_a_clear_error(tmp_path, monkeypatch)
     settings = load_settings()
     with pytest.raises(BundleError, match="nope: screening model bundle not found"):
         build_screener(settings)
+
+
+@pytest.mark.parametrize("damaged", ["screen.onnx", "state.pt", "calibration.json", "config.json"])
+def test_a_bundle_with_a_damaged_file_is_refused_in_one_line(demo_settings, tmp_path, damaged):
+    """The manifest is rewritten to match, so only loading the file itself can find the damage."""
+    import shutil
+
+    from inspectd.methods.bundle import add_files
+
+    build_screener(demo_settings)
+    bundle = tmp_path / "damaged"
+    shutil.copytree(demo_settings.screening.model, bundle)
+    if not (bundle / damaged).is_file():
+        pytest.skip(f"this bundle has no {damaged}")
+    add_files(bundle, {damaged: b"\x08\x01garbage, not the file it claims to be"})
+    settings = demo_settings.model_copy(update={
+        "screening": demo_settings.screening.model_copy(update={"model": bundle}),
+        "refiner": demo_settings.refiner.model_copy(update={"model": bundle})})
+    for build in (build_screener, build_refiner):
+        try:
+            build(settings)
+        except BundleError as exc:
+            assert str(bundle) in str(exc) and "\n" not in str(exc), exc
+        else:
+            assert damaged == "screen.onnx" and build is build_refiner  # the refiner does not read the ONNX graph

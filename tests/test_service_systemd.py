@@ -61,3 +61,5 @@ def test_units_are_notify_with_watchdog_reload_and_state_directory():
                      "--settings /etc/inspectd/%i.yaml"):
             assert line in text, f"{unit.name} lacks {line}"
         assert re.search(r"^WatchdogSec=\d+", text, re.M), unit.name
+        for setting in ("StartLimitIntervalSec", "StartLimitBurst", "MemoryMax"):  # a crash loop ends; memory is capped
+            assert re.search(rf"^{setting}=\d+[KMG]?$", text, re.M), f"{unit.name} lacks {setting}"

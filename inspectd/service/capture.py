@@ -5,12 +5,20 @@ Each source is an iterator of Frame objects and takes the process's stop event, 
 once a second: the capture loop stays alive for acks, reloads and the systemd watchdog, and a
 source that hangs (a stuck RTSP read) stops those pings, so systemd restarts the process. A lost camera or an unreadable frame never
 ends a source: it is reported through `on_error(reason)` (a metric in the daemon) and the
-source reconnects with exponential back-off.
+source reconnects with exponential back-off. An image a folder source cannot read (corrupt,
+declaring a huge size) is counted and skipped; a source that fails anyway is opened again
+(`restarting`). A folder source keeps a journal of the images it has handled (a small file
+beside the spool), so a restart goes on where it stopped instead of spooling the same images
+again, and a folder image's frame id comes from its name, size and time: reading it twice gives
+the same id, which the spool and the subscribers de-duplicate.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -81,15 +89,37 @@ def idle_wait(seconds: float, stop: threading.Event, tick: float = 1.0) -> Itera
 
 # --- sources ---------------------------------------------------------------------------------
 def open_source(settings: CaptureSettings, camera: str, stop: threading.Event,
-                on_error: ErrorCallback | None = None) -> Iterator[Frame | None]:
+                on_error: ErrorCallback | None = None, journal: Path | None = None) -> Iterator[Frame | None]:
+    """The configured source; `journal` (folder source) is the file that remembers what was read."""
     on_error = on_error or (lambda reason: None)
-    if settings.source == "demo":
-        frames = demo_line(settings, camera, stop)
-    elif settings.source == "folder":
-        frames = folder_frames(settings, camera, stop, on_error)
-    else:
-        frames = video_frames(settings, camera, stop, on_error)
-    return limited(frames, settings.max_frames)
+
+    def start() -> Iterator[Frame | None]:
+        if settings.source == "demo":
+            return demo_line(settings, camera, stop)
+        if settings.source == "folder":
+            return folder_frames(settings, camera, stop, on_error, ReadJournal(journal))
+        return video_frames(settings, camera, stop, on_error)
+
+    return limited(restarting(start, stop, on_error, settings.reconnect_initial_s, settings.reconnect_max_s),
+                   settings.max_frames)
+
+
+def restarting(start: Callable[[], Iterator[Frame | None]], stop: threading.Event, on_error: ErrorCallback,
+               initial_s: float, max_s: float) -> Iterator[Frame | None]:
+    """The source's frames; when it raises, log, count (`source_failed`) and open it again, with
+    back-off. A ConfigError (no such folder) is the settings' fault and ends it."""
+    backoff = Backoff(initial_s, max_s)
+    while not stop.is_set():
+        try:
+            yield from start()
+            return
+        except ConfigError:
+            raise
+        except Exception as exc:
+            log.exception("the frame source failed (%s); opening it again in %.1f s", exc, backoff.next)
+            on_error("source_failed")
+            if (yield from backoff.wait(stop)):
+                return
 
 
 def limited(frames: Iterator[Frame | None], max_frames: int | None) -> Iterator[Frame | None]:
@@ -119,26 +149,79 @@ def demo_line(settings: CaptureSettings, camera: str, stop: threading.Event) -> 
 
 
 def folder_frames(settings: CaptureSettings, camera: str, stop: threading.Event,
-                  on_error: ErrorCallback) -> Iterator[Frame | None]:
-    """Every image in the folder in name order; with watch, then each new file as it appears."""
+                  on_error: ErrorCallback, journal: ReadJournal | None = None) -> Iterator[Frame | None]:
+    """Every image in the folder in name order; with watch, then each new file as it appears.
+
+    An image enters the journal once the capture loop has handled it (the generator resumes after
+    the loop is done with the frame), so a crash mid-frame reads it again, under the same id.
+    """
     folder = Path(settings.uri)
     if not folder.is_dir():
         raise ConfigError(f"capture.uri {folder}: not a folder")
-    next_id, done = FrameIds(camera), set()
+    journal = journal or ReadJournal(None)
     while not stop.is_set():
         for path in list_images(folder):
-            if path in done or stop.is_set():
+            if stop.is_set():
+                break
+            key = file_key(path)
+            if key is None or key in journal:
                 continue
-            done.add(path)
             try:
                 image = read_image(path, settings.size)
-            except BadImageError as exc:
-                log.warning("skipping %s", exc)
+            except Exception as exc:  # corrupt, a PNG declaring a huge size, ...: skip it, never stop
+                log.warning("skipping %s: %s", path.name, exc)
                 on_error("bad_frame")
+                journal.add(key)
                 continue
-            yield Frame(next_id(), camera, time.time(), image, source=path.name)
+            yield Frame(folder_frame_id(camera, path, key), camera, time.time(), image, source=path.name)
+            journal.add(key)
         if not settings.watch or (yield from idle_wait(settings.poll_s, stop)):
             return
+
+
+def file_key(path: Path) -> str | None:
+    """name, size and modification time: a file replaced under the same name is a new image."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None  # gone since the listing
+    return f"{path.name}\t{st.st_size}\t{st.st_mtime_ns}"
+
+
+def folder_frame_id(camera: str, path: Path, key: str) -> str:
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", path.stem)[:40]
+    return f"{camera}-{stem}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
+
+
+class ReadJournal:
+    """The folder images already handled: one line each, appended and fsynced as each is done.
+
+    Without a path it only remembers in memory. A journal that cannot be written (full disk) is
+    logged once; the source goes on (a restart may then read some images again, same ids).
+    """
+
+    def __init__(self, path: Path | None):
+        self.path, self.keys, self.failed = path, set(), False
+        if path is not None and path.is_file():
+            self.keys = set(path.read_text(errors="replace").splitlines())
+            log.info("folder journal %s: %d image(s) already read will be skipped", path, len(self.keys))
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.keys
+
+    def add(self, key: str) -> None:
+        self.keys.add(key)
+        if self.path is None:
+            return
+        try:
+            with open(self.path, "a") as f:
+                f.write(key + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:
+            if not self.failed:
+                log.warning("folder journal %s: cannot write (%s)", self.path, exc.strerror or exc)
+            self.failed = True
 
 
 def video_frames(settings: CaptureSettings, camera: str, stop: threading.Event,

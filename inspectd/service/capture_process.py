@@ -5,6 +5,13 @@ flagged frames to the spool (durable before anything is sent). The sender thread
 sockets: it sends whatever the spool says is due (new frames, and unacked ones after
 ack_timeout_s), and it removes a frame from the spool when its result appears on a refiner's
 PUB socket (the ack). A refiner that dies mid-frame therefore costs a resend, never a frame.
+Refiners' heartbeats (heartbeat.py) tell the sender within seconds that one has died: its frames
+are resent at once, and a frame that refiners died on refiner.max_attempts times, or whose
+result says "error", goes to the dead-letter folder instead of being sent again.
+
+Neither loop ends on one frame or message (each failure is logged and counted in
+inspectd_loop_errors_total); a sender thread that fails on every tick gives up, and the main
+loop then ends the process (ThreadDied, a non-zero exit: systemd restarts it).
 
 The screening model arrives as a plain callable `screen(image) -> (score_map, score)`.
 """
@@ -16,6 +23,7 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
@@ -26,7 +34,8 @@ from inspectd.deploy.inspector import ChainSettings, coarse_threshold
 from inspectd.deploy.native import flagged_regions
 from inspectd.errors import ConfigError
 from inspectd.service.capture import Frame, open_source, paced
-from inspectd.service.lifecycle import reload_model, signal_handlers
+from inspectd.service.heartbeat import HEARTBEAT_TOPIC, RefinerTracker, parse_heartbeat
+from inspectd.service.lifecycle import check_alive, reload_model, signal_handlers
 from inspectd.service.messages import ACK_ERROR_KINDS, MESSAGE_ERROR_KINDS, MessageError, encode_frame, map_summary, \
     parse_result, topic_for
 from inspectd.service.metrics import ServiceMetrics
@@ -38,7 +47,9 @@ from inspectd.service.transport import Reconnector, Transport, recv_multipart_no
 log = logging.getLogger(__name__)
 ScreenFn = Callable[[np.ndarray], tuple[np.ndarray, float]]
 DROP_REASONS = ("spool_full", "spool_full_dropped_oldest", "spool_entry_too_large", "spool_corrupt", "oversized",
-                "screening_failed", "frame_too_large")
+                "screening_failed", "spool_disk_full", "spool_write_failed", "frame_too_large")
+DEAD_LETTER_REASONS = ("refinement_failed", "refiner_died")
+SENDER_MAX_FAILED_TICKS = 50  # consecutive failing ticks (about a second) before the sender gives up
 
 
 @dataclass
@@ -53,45 +64,113 @@ class Screening:
 
 
 class FrameSender(threading.Thread):
-    """Sends due spool entries on PUSH and acks them from the refiners' results on SUB."""
+    """Sends due spool entries on PUSH, acks them from the refiners' results on SUB, and follows
+    the refiners' heartbeats."""
 
     def __init__(self, push: zmq.Socket, sub: zmq.Socket, spool: Spool, camera: str, metrics: ServiceMetrics,
-                 tick_s: float = 0.02, max_pixels: int = DEFAULT_MAX_PIXELS):
+                 tick_s: float = 0.02, max_attempts: int = 3, handshake_backoff_max_s: float = 30.0,
+                 max_pixels: int = DEFAULT_MAX_PIXELS):
         super().__init__(name="frame-sender", daemon=True)
         self.push, self.sub, self.spool, self.max_pixels = push, sub, spool, max_pixels
         self.topic = topic_for(camera).encode()
-        self.metrics, self.tick_s = metrics, tick_s
+        self.metrics, self.tick_s, self.max_attempts = metrics, tick_s, max_attempts
+        self.handshake_backoff_max_s = handshake_backoff_max_s
+        self.refiners = RefinerTracker()
         self.stop_event = threading.Event()
+        self.error: BaseException | None = None
+        sub.setsockopt(zmq.SUBSCRIBE, HEARTBEAT_TOPIC)
 
     def run(self) -> None:
-        reconnector = Reconnector(self.sub)
+        failures = self.metrics.handshake_failures
+        reconnector = Reconnector(self.sub, self.handshake_backoff_max_s,
+                                  lambda endpoint: failures.labels("results_sub").inc())
+        push_monitor = Reconnector(self.push, on_handshake_failure=lambda endpoint: failures.labels("frames_push").inc(),
+                                   reconnect=False)
         poller = zmq.Poller()
         poller.register(self.sub, zmq.POLLIN)
-        while not self.stop_event.is_set():
-            if poller.poll(self.tick_s * 1000):
-                self.take_acks()
-            self.send_due(time.time())
-            self.metrics.spool_frames.set(len(self.spool))
-            self.metrics.spool_bytes.set(self.spool.bytes)
-            self.metrics.reconnects.inc(len(reconnector.check()))
-        reconnector.close()
+        failed_ticks = 0
+        try:
+            while not self.stop_event.is_set():
+                try:
+                    self.tick(poller, reconnector)
+                    push_monitor.check()
+                    failed_ticks = 0
+                except Exception as exc:  # one bad tick is logged; a sender that only fails gives up
+                    failed_ticks += 1
+                    log.exception("frame sender: tick failed (%d in a row): %s", failed_ticks, exc)
+                    self.metrics.loop_errors.labels("sender").inc()
+                    if failed_ticks >= SENDER_MAX_FAILED_TICKS:
+                        raise
+                    self.stop_event.wait(self.tick_s)
+        except BaseException as exc:  # the main loop sees the thread gone and ends the process
+            self.error = exc
+        finally:
+            reconnector.close()
+            push_monitor.close()
+
+    def tick(self, poller: zmq.Poller, reconnector: Reconnector) -> None:
+        if poller.poll(self.tick_s * 1000):
+            self.take_acks()
+        self.check_refiners(time.monotonic())
+        self.send_due(time.time())
+        self.metrics.spool_frames.set(len(self.spool))
+        self.metrics.spool_bytes.set(self.spool.bytes)
+        self.metrics.spool_writable.set(int(self.spool.disk_ok))
+        self.metrics.reconnects.inc(len(reconnector.check()))
 
     def take_acks(self) -> None:
         while (parts := recv_multipart_nowait(self.sub)) is not None:
-            if parts[0] != self.topic:
-                continue  # a prefix match: defect.cam1 also receives defect.cam10
             try:
-                result, _mask = parse_result(parts, self.max_pixels)
-            except MessageError as exc:
-                log.warning("bad result message: %s", exc)
-                self.metrics.bad_inputs.labels(exc.kind).inc()
-                continue
-            frame_id = result["frame_id"]
-            if self.spool.ack(frame_id, result.get("ack_token", "")):
-                self.metrics.acks.inc()
-            elif frame_id in self.spool:  # well-formed, but not from the refiner holding the frame
+                self.take_message(parts)
+            except Exception as exc:  # one message can never stop the acks
+                log.exception("frame sender: a result message failed and is skipped: %s", exc)
+                self.metrics.loop_errors.labels("ack_reader").inc()
+
+    def take_message(self, parts: list[bytes]) -> None:
+        if parts[0] == HEARTBEAT_TOPIC:
+            return self.take_heartbeat(parts)
+        if parts[0] != self.topic:
+            return  # a prefix match: defect.cam1 also receives defect.cam10
+        try:
+            result, _mask = parse_result(parts, self.max_pixels)
+        except MessageError as exc:
+            log.warning("bad result message: %s", exc)
+            self.metrics.bad_inputs.labels(exc.kind).inc()
+            return
+        frame_id, token = result["frame_id"], result.get("ack_token", "")
+        if not self.spool.holds(frame_id, token):
+            if frame_id in self.spool:  # well-formed, but not from the refiner holding the frame
                 log.warning("result for spooled frame %s without its ack_token: not an ack (forged?)", frame_id)
                 self.metrics.bad_inputs.labels("bad_ack_token").inc()
+            return
+        if result["decision"] == "error":  # the refiner gave up on it: keep it aside, do not resend
+            if self.spool.dead_letter(frame_id, "refinement_failed", str(result.get("error", ""))):
+                self.metrics.acks.inc()
+        elif self.spool.ack(frame_id, token):
+            self.metrics.acks.inc()
+
+    def take_heartbeat(self, parts: list[bytes]) -> None:
+        try:
+            heartbeat = parse_heartbeat(parts)
+        except MessageError as exc:
+            log.warning("bad heartbeat message: %s", exc)
+            self.metrics.bad_inputs.labels(exc.kind).inc()
+            return
+        if self.refiners.seen(heartbeat, time.monotonic()):
+            log.info("refiner %s is up", heartbeat["refiner"])
+        self.metrics.refiners_alive.set(len(self.refiners))
+
+    def check_refiners(self, now: float) -> None:
+        """A refiner whose heartbeats stopped: resend at once; a frame that killed too many: dead letter."""
+        for refiner, busy in self.refiners.lost(now):
+            self.metrics.refiners_lost.inc()
+            deaths = self.spool.record_failure(busy) if busy else 0
+            log.warning("refiner %s stopped sending heartbeats%s; resending its frames now", refiner,
+                        f" while refining frame {busy} ({deaths} refiner death(s) on it)" if deaths else "")
+            if deaths >= self.max_attempts:
+                self.spool.dead_letter(busy, "refiner_died", f"{deaths} refiner(s) died while refining it")
+            self.spool.resend_now()
+            self.metrics.refiners_alive.set(len(self.refiners))
 
     def send_due(self, now: float) -> None:
         for frame_id in self.spool.due_for_resend(now):
@@ -102,7 +181,7 @@ class FrameSender(threading.Thread):
                 return  # no refiner can take it now; the spool keeps it for the next tick
             if self.spool.attempts(frame_id) > 0:
                 self.metrics.resends.inc()
-                log.info("resent frame %s (no result within ack_timeout_s)", frame_id)
+                log.info("resent frame %s", frame_id)
             self.spool.mark_sent(frame_id, now)
 
     def stop(self) -> None:
@@ -124,6 +203,15 @@ class CaptureLoop:
         m = self.metrics
         m.frames_captured.labels(self.camera).inc()
         self.counts["frames"] += 1
+        try:
+            return self.screen_and_spool(frame)
+        except Exception as exc:  # one frame can never end the loop
+            log.exception("capture loop: frame %s failed and is skipped: %s", frame.id, exc)
+            m.loop_errors.labels("capture").inc()
+            return False
+
+    def screen_and_spool(self, frame: Frame) -> bool:
+        m = self.metrics
         height, width = frame.image.shape[:2]
         if height * width > self.settings.transport.max_frame_pixels:
             log.warning("frame %s: %dx%d exceeds transport.max_frame_pixels=%d; dropped", frame.id, width, height,
@@ -186,18 +274,24 @@ def run_capture(settings: Settings, screen: ScreenFn, stop_event: threading.Even
     metrics = metrics or ServiceMetrics("capture")
     notifier = notifier or Notifier()
     metrics.init_series(settings.camera_id, DROP_REASONS, MESSAGE_ERROR_KINDS + ACK_ERROR_KINDS)
+    for reason in DEAD_LETTER_REASONS:
+        metrics.dead_letters.labels(reason)
     metrics.set_model(model_id)
     spool = open_spool(settings, metrics)
+    spool.check_writable()  # before READY: a spool that cannot be written is one clear error
     transport = Transport(settings.transport)
     try:
         sender = FrameSender(transport.frames_push(), transport.results_sub(topic_for(settings.camera_id)), spool,
-                             settings.camera_id, metrics, max_pixels=settings.transport.max_frame_pixels)
+                             settings.camera_id, metrics, max_attempts=settings.refiner.max_attempts,
+                             handshake_backoff_max_s=settings.transport.handshake_backoff_max_s,
+                             max_pixels=settings.transport.max_frame_pixels)
     except BaseException:  # e.g. the port is taken: release the context and the authenticator thread
         transport.close()
         raise
     loop = CaptureLoop(settings, Screening(screen, float(threshold), model_id, chain), metrics, spool)
     source = frames if frames is not None else open_source(
-        settings.capture, settings.camera_id, stop_event, lambda reason: metrics.source_errors.labels(reason).inc())
+        settings.capture, settings.camera_id, stop_event, lambda reason: metrics.source_errors.labels(reason).inc(),
+        journal=folder_journal_path(settings))
     serving = settings.metrics.port is not None  # else the caller serves (or not) its metrics
     if serving:
         metrics.serve(settings.metrics.host, settings.metrics.port)
@@ -210,6 +304,7 @@ def run_capture(settings: Settings, screen: ScreenFn, stop_event: threading.Even
     try:
         with signal_handlers(stop_event, reload_event):
             for frame in paced(source, settings.capture.fps, stop_event):
+                check_alive(sender, metrics, "capture")
                 watchdog.maybe_ping()
                 if reload_event.is_set():
                     reload_event.clear()
@@ -221,7 +316,7 @@ def run_capture(settings: Settings, screen: ScreenFn, stop_event: threading.Even
                 flagged = loop.handle(frame)
                 if on_frame is not None:
                     on_frame(frame, flagged)
-            wait_for_acks(spool, stop_event, watchdog)
+            wait_for_acks(spool, stop_event, watchdog, lambda: check_alive(sender, metrics, "capture"))
     finally:
         notifier.stopping()
         sender.stop()
@@ -236,7 +331,15 @@ def run_capture(settings: Settings, screen: ScreenFn, stop_event: threading.Even
 def open_spool(settings: Settings, metrics: ServiceMetrics) -> Spool:
     s = settings.spool
     return Spool(s.dir, s.max_frames, s.max_bytes, s.ack_timeout_s, s.full_policy,
-                 on_drop=lambda reason, frame_id: metrics.drops.labels(reason).inc())
+                 on_drop=lambda reason, frame_id: metrics.drops.labels(reason).inc(),
+                 dead_letter_dir=s.dead_letter_dir,
+                 on_dead_letter=lambda reason, frame_id: metrics.dead_letters.labels(reason).inc())
+
+
+def folder_journal_path(settings: Settings) -> Path:
+    """The folder source's record of what it has read: a small file beside the spool folder."""
+    spool_dir = Path(settings.spool.dir)
+    return spool_dir.with_name(spool_dir.name + "-folder-read.txt")
 
 
 class Watchdog:
@@ -254,9 +357,11 @@ class Watchdog:
             self.last = now
 
 
-def wait_for_acks(spool: Spool, stop_event: threading.Event, watchdog: Watchdog) -> None:
+def wait_for_acks(spool: Spool, stop_event: threading.Event, watchdog: Watchdog,
+                  check: Callable[[], None] = lambda: None) -> None:
     """After a finite source: keep the sender running until every flagged frame is acked."""
     if len(spool):
         log.info("source ended; waiting for %d result(s)", len(spool))
     while len(spool) and not stop_event.wait(0.05):
+        check()
         watchdog.maybe_ping()

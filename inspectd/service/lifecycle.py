@@ -51,8 +51,8 @@ def reload_model(current, reload, metrics, notifier):
     notifier.reloading()
     try:
         new = reload()
-    except (InspectdError, OSError) as exc:
-        log.error("reload failed, keeping model %s: %s", current.model_id, exc)
+    except Exception as exc:  # any bad bundle file: the line goes on with the model it has
+        log.error("reload failed, keeping model %s: %s", current.model_id, " ".join(str(exc).split())[:500])
         metrics.reloads.labels("failed").inc()
         return current
     finally:
@@ -61,3 +61,17 @@ def reload_model(current, reload, metrics, notifier):
     metrics.reloads.labels("ok").inc()
     metrics.set_model(new.model_id)
     return new
+
+
+class ThreadDied(InspectdError):
+    """A thread the process needs has died: the process ends (non-zero exit, systemd restarts it)."""
+
+
+def check_alive(thread: threading.Thread | None, metrics, role: str) -> None:
+    """Raise ThreadDied when `thread` was started and is no longer alive; inspectd_up goes to 0 first."""
+    if thread is None or thread.is_alive():
+        return
+    metrics.up.labels(role).set(0)
+    error = getattr(thread, "error", None)
+    raise ThreadDied(f"thread {thread.name} died ({type(error).__name__}: {error}); ending the process "
+                     "so that it is restarted" if error else f"thread {thread.name} ended; ending the process")

@@ -54,6 +54,19 @@ class ServiceMetrics:
                                   "(peer restart, or a message part above ZMQ_MAXMSGSIZE)", registry=r)
         self.reloads = Counter("inspectd_reloads_total", "Model reloads on SIGHUP, by result", ["result"],
                                registry=r)
+        self.loop_errors = Counter("inspectd_loop_errors_total", "Messages or frames a loop failed on "
+                                   "(logged and skipped; the loop goes on), by loop", ["loop"], registry=r)
+        self.refinement_failures = Counter("inspectd_refinement_failures_total", "Refinement attempts that "
+                                           "raised (retried up to refiner.max_attempts)", registry=r)
+        self.dead_letters = Counter("inspectd_dead_letters_total", "Frames given up and moved to the dead-letter "
+                                    "folder, by reason", ["reason"], registry=r)
+        self.refiners_alive = Gauge("inspectd_refiners_alive", "Refiners whose heartbeats arrive", registry=r)
+        self.refiners_lost = Counter("inspectd_refiners_lost_total", "Refiners whose heartbeats stopped "
+                                     "(their frames were resent at once)", registry=r)
+        self.spool_writable = Gauge("inspectd_spool_writable", "0 while writing to the spool fails (full or "
+                                    "read-only disk)", registry=r)
+        self.handshake_failures = Counter("inspectd_handshake_failures_total", "ZeroMQ handshakes that failed "
+                                          "(e.g. an unknown CURVE key), by socket", ["socket"], registry=r)
         self.server = None
 
     def init_series(self, camera: str | None, drop_reasons=(), bad_input_kinds=()) -> None:

@@ -40,11 +40,30 @@ def resolve_bundle(settings: Settings, path: Path | None, role: str) -> Path:
     if path is None:
         raise InspectdError(f"settings: {role}.model is not set (a bundle directory from `inspectd fit`)")
     bundle = Path(path)
-    if not (bundle / "manifest.json").is_file() and settings.capture.source == "demo":
+    if not (bundle / "manifest.json").is_file() and demo_asked_for(settings):
         ensure_demo_bundle(settings, bundle)
     if not (bundle / "manifest.json").is_file():
-        raise BundleError(f"{bundle}: {role} model bundle not found (run `inspectd fit ... --out {bundle}`)")
+        raise BundleError(f"{bundle}: {role} model bundle not found (run `inspectd fit ... --out {bundle}`; a demo "
+                          "model is fitted there only when the settings say capture.source: demo)")
     return bundle
+
+
+def demo_asked_for(settings: Settings) -> bool:
+    """The settings name the demo source themselves: a default (e.g. a refiner's file without a
+    capture section) never makes a typo in a model path fit and serve a demo model there."""
+    return settings.capture.source == "demo" and "source" in settings.capture.model_fields_set
+
+
+def loaded(bundle: Path, role: str, load):
+    """`load()`, with any failure of a bundle's files (a corrupt ONNX graph, weights, calibration)
+    turned into one BundleError line naming the bundle: refused at start, the old model kept on SIGHUP."""
+    try:
+        return load()
+    except InspectdError:
+        raise
+    except Exception as exc:
+        detail = " ".join(str(exc).split())[:300]
+        raise BundleError(f"{bundle}: cannot load the {role} model ({type(exc).__name__}: {detail})") from None
 
 
 def screening_chain(settings: Settings, bundle: Path) -> ChainSettings:
@@ -56,6 +75,10 @@ def screening_chain(settings: Settings, bundle: Path) -> ChainSettings:
 
 def build_screener(settings: Settings) -> Screening:
     bundle = resolve_bundle(settings, settings.screening.model, "screening")
+    return loaded(bundle, "screening", lambda: load_screener(settings, bundle))
+
+
+def load_screener(settings: Settings, bundle: Path) -> Screening:
     if not (bundle / ONNX_FILE).is_file():
         export_to_bundle(load_method(bundle), bundle)
     screener = OnnxScreener(bundle, device=settings.screening.device)
@@ -74,6 +97,10 @@ def build_refiner(settings: Settings) -> Refinement:
     downscaled to its size (mask upsampled), a tile bundle (`fit --tile`) native crops around
     the regions the capture flagged (the whole frame when a frame carries none)."""
     bundle = resolve_bundle(settings, settings.refiner.model, "refiner")
+    return loaded(bundle, "refiner", lambda: load_refiner(settings, bundle))
+
+
+def load_refiner(settings: Settings, bundle: Path) -> Refinement:
     inspector = Inspector.from_bundle(bundle, device=settings.refiner.device,
                                       screen_threshold=settings.screening.threshold,
                                       min_defect_area_px=settings.refiner.min_area_px, f2pad=settings.refiner.f2pad)

@@ -3,9 +3,12 @@
 The refinement model arrives as a plain callable `refine(image, header)` that returns either a
 RefinedFrame (the deployed chain: decision, defects and mask crops in the frame's own pixels,
 already judged) or `(bool mask, score_map, stats)` at the frame's size, judged here; stats
-with `iterations` (and optionally `seconds`, `device`). A bad message is counted by kind and skipped; a refinement that
-raises is published with decision "error" (so capture stops resending a frame that can never
-succeed); nothing here ends the process except stop_event.
+with `iterations` (and optionally `seconds`, `device`). A bad message is counted by kind and
+skipped; a refinement that raises is tried again up to refiner.max_attempts times, then
+published with decision "error" and its reason (capture moves that frame to its dead-letter
+folder instead of resending it); anything else that fails on one message is logged, counted
+(inspectd_loop_errors_total) and skipped. Only stop_event ends the loop, or the heartbeat
+thread dying (ThreadDied: the process exits non-zero, so systemd restarts it).
 """
 
 from __future__ import annotations
@@ -21,9 +24,10 @@ import numpy as np
 import zmq
 
 from inspectd.errors import InspectdError
-from inspectd.deploy.inspector import MIN_DEFECT_AREA_PX, OK, judge
+from inspectd.deploy.inspector import MIN_DEFECT_AREA_PX, judge
 from inspectd.geometry import Box, CroppedMask
-from inspectd.service.lifecycle import reload_model, signal_handlers
+from inspectd.service.heartbeat import HeartbeatSender, LockedSocket, refiner_identity
+from inspectd.service.lifecycle import check_alive, reload_model, signal_handlers
 from inspectd.service.messages import MESSAGE_ERROR_KINDS, MessageError, encode_result, parse_frame
 from inspectd.service.metrics import ServiceMetrics
 from inspectd.service.sdnotify import Notifier
@@ -56,15 +60,29 @@ class Refinement:
 
 
 class RefinerLoop:
-    def __init__(self, settings: Settings, refinement: Refinement, metrics: ServiceMetrics, pub: zmq.Socket):
+    def __init__(self, settings: Settings, refinement: Refinement, metrics: ServiceMetrics, pub: zmq.Socket,
+                 heartbeat: HeartbeatSender | None = None):
         self.settings, self.refinement, self.metrics, self.pub = settings, refinement, metrics, pub
+        self.heartbeat = heartbeat
         # keyed by (frame_id, ack_token): a frame sent under another frame's id never gets its answer
         self.recent: collections.OrderedDict[tuple[str, str], list[bytes]] = collections.OrderedDict()
-        self.counts = {"received": 0, "published": 0, "bad": 0, "repeats": 0}
+        self.counts = {"received": 0, "published": 0, "bad": 0, "repeats": 0, "errors": 0}
 
     def handle(self, parts: list[bytes]) -> dict | None:
-        """One message in; the published result, or None when the message was unusable."""
+        """One message in; the published result, or None. Never raises: one message cannot end the loop."""
         self.counts["received"] += 1
+        try:
+            return self.handle_message(parts)
+        except Exception as exc:  # whatever it was, the next message gets a working refiner
+            log.exception("refiner loop: a message failed and is skipped: %s", exc)
+            self.metrics.loop_errors.labels("refiner").inc()
+            self.counts["errors"] += 1
+            return None
+        finally:
+            if self.heartbeat is not None:
+                self.heartbeat.busy(None)
+
+    def handle_message(self, parts: list[bytes]) -> dict | None:
         try:
             header, image = parse_frame(parts, self.settings.transport.max_message_bytes,
                                         self.refinement.image_size, self.settings.transport.max_frame_pixels)
@@ -78,36 +96,58 @@ class RefinerLoop:
             self.pub.send_multipart(self.recent[key])
             self.counts["repeats"] += 1
             return None
-        result, mask = self.refine(header, image)
-        self.publish(result, mask)
+        if self.heartbeat is not None:
+            self.heartbeat.busy(header["frame_id"])  # if this frame kills us, capture learns which one
+        try:
+            result, mask = self.refine(header, image)
+            self.publish(result, mask)
+        except Exception as exc:  # e.g. a result that cannot be encoded: still answer, with the reason
+            log.error("frame %s: no result could be published (%s); publishing an error result",
+                      header["frame_id"], exc)
+            result = self.error_result(header, image.shape[:2], f"result not publishable: {exc}")
+            self.publish(result, CroppedMask(*image.shape[:2], []))
         return result
 
     def refine(self, header: dict, image: np.ndarray) -> tuple[dict, CroppedMask]:
-        started = time.perf_counter()
-        try:
-            refined = self.judged(self.refinement.refine(image, header), header, image.shape[:2])
-            error = None
-        except Exception as exc:  # a model failure on one frame is reported, not fatal
-            log.error("refining frame %s failed: %s", header["frame_id"], exc)
-            refined, error = RefinedFrame(OK, [], CroppedMask(*image.shape[:2], []), {}), str(exc)
+        """Refine and judge, up to refiner.max_attempts times; an error result when every attempt failed."""
+        attempts = self.settings.refiner.max_attempts
+        for attempt in range(1, attempts + 1):
+            started = time.perf_counter()
+            try:
+                refined = self.judged(self.refinement.refine(image, header), header, image.shape[:2])
+                break
+            except Exception as exc:  # a model failure on one frame is reported, not fatal
+                log.error("refining frame %s failed (attempt %d of %d): %s", header["frame_id"], attempt,
+                          attempts, exc)
+                self.metrics.refinement_failures.inc()
+                error = f"refinement failed {attempts} time(s): {exc}"
+        else:
+            return self.error_result(header, image.shape[:2], error), CroppedMask(*image.shape[:2], [])
         seconds = time.perf_counter() - started
         self.metrics.refinement_latency.observe(seconds)
-        decision, defects, mask, stats = refined.decision, refined.defects, refined.mask, refined.stats
+        stats = refined.stats
+        result = self.base_result(header, refined.decision, refined.defects)
+        result["refinement"] = {"seconds": round(float(stats.get("seconds", seconds)), 4),
+                                "iterations": int(stats.get("iterations", 0)), "device": str(stats.get("device", ""))}
+        return result, refined.mask
+
+    def base_result(self, header: dict, decision: str, defects: list) -> dict:
         result = {
             "frame_id": header["frame_id"], "camera": header["camera"],
             "timestamps": {"captured": header["captured_at"], "screened": header["screened_at"],
                            "refined": time.time()},
-            "image_score": header["score"], "decision": "error" if error else decision,
-            "defects": defects,
-            "refinement": {"seconds": round(float(stats.get("seconds", seconds)), 4),
-                           "iterations": int(stats.get("iterations", 0)), "device": str(stats.get("device", ""))},
+            "image_score": header["score"], "decision": decision, "defects": defects,
+            "refinement": {"seconds": 0.0, "iterations": 0, "device": ""},
             "model_id": self.refinement.model_id, "screening_model_id": header["model_id"],
         }
-        if error:
-            result["error"] = error[:500]
         if "ack_token" in header:
             result["ack_token"] = header["ack_token"]  # proves to the capture that this refiner holds the frame
-        return result, mask
+        return result
+
+    def error_result(self, header: dict, shape: tuple[int, int], error: str) -> dict:
+        result = self.base_result(header, "error", [])
+        result["error"] = error[:500]
+        return result
 
     def publish(self, result: dict, mask: CroppedMask) -> None:
         result["timestamps"]["published"] = time.time()
@@ -121,7 +161,6 @@ class RefinerLoop:
         m.frames_refined.labels(result["camera"]).inc()
         m.results_published.labels(result["decision"]).inc()
         m.defects_published.labels(result["camera"]).inc(len(result["defects"]))
-
 
     def judged(self, output, header: dict, shape: tuple[int, int]) -> RefinedFrame:
         """A refine callable's output as a judged frame (a plain mask is judged here)."""
@@ -167,8 +206,18 @@ def run_refiner(settings: Settings, refine: RefineFn, stop_event: threading.Even
     # take frames only once subscribers had time to (re)connect, or their results would be lost
     stop_event.wait(settings.transport.pub_grace_s)
     pull = transport.frames_pull()
-    reconnector = Reconnector(pull)
-    loop = RefinerLoop(settings, Refinement(refine, model_id, image_size, min_area_px), metrics, pub)
+    failures = metrics.handshake_failures
+    reconnector = Reconnector(pull, settings.transport.handshake_backoff_max_s,
+                              lambda endpoint: failures.labels("frames_pull").inc())
+    pub_monitor = Reconnector(pub, on_handshake_failure=lambda endpoint: failures.labels("results_pub").inc(),
+                              reconnect=False)
+    pub = LockedSocket(pub)  # the heartbeat thread publishes on it too
+    heartbeat = None
+    if settings.transport.heartbeat_s:
+        heartbeat = HeartbeatSender(pub, refiner_identity(settings.transport.results_bind),
+                                    settings.transport.heartbeat_s)
+        heartbeat.start()
+    loop = RefinerLoop(settings, Refinement(refine, model_id, image_size, min_area_px), metrics, pub, heartbeat)
     serving = settings.metrics.port is not None  # else the caller serves (or not) its metrics
     if serving:
         metrics.serve(settings.metrics.host, settings.metrics.port)
@@ -180,6 +229,7 @@ def run_refiner(settings: Settings, refine: RefineFn, stop_event: threading.Even
     try:
         with signal_handlers(stop_event, reload_event):
             while not stop_event.is_set():
+                check_alive(heartbeat, metrics, "refiner")
                 if interval and time.monotonic() - last_ping >= interval:
                     notifier.watchdog()
                     last_ping = time.monotonic()
@@ -189,9 +239,14 @@ def run_refiner(settings: Settings, refine: RefineFn, stop_event: threading.Even
                 if pull.poll(200, zmq.POLLIN) and (parts := recv_multipart_nowait(pull)) is not None:
                     loop.handle(parts)
                 metrics.reconnects.inc(len(reconnector.check()))
+                pub_monitor.check()
     finally:
         notifier.stopping()
+        if heartbeat is not None and heartbeat.is_alive():
+            heartbeat.stop()
         reconnector.close()
+        with pub.lock:
+            pub_monitor.close()
         transport.close()
         metrics.up.labels("refiner").set(0)
         if serving:

@@ -71,6 +71,9 @@ class RefinerSettings(Section):
     # F2PAD settings (inspectd/refine/settings.py: lam, tau, close_px, ...) that override the
     # bundle's calibrated ones for this line; unset keys keep the bundle's
     f2pad: dict = Field(default_factory=dict)
+    # a frame is given up (published as decision "error", moved to the dead-letter folder beside
+    # the spool) after refining it failed this many times, or a refiner died on it this many times
+    max_attempts: int = Field(3, ge=1)
 
     @field_validator("f2pad")
     @classmethod
@@ -120,6 +123,11 @@ class TransportSettings(Section):
     # a (re)started refiner publishes nothing for this long after binding PUB, so subscribers
     # (capture's ack listener, watch, the PLC) reconnect first: PUB drops what they miss
     pub_grace_s: float = Field(1.0, ge=0)
+    # refiners publish a heartbeat this often; capture takes a refiner for dead after 3 missed
+    # ones and resends its frames at once (0: no heartbeats, resends after ack_timeout_s only)
+    heartbeat_s: float = Field(1.0, ge=0)
+    # a peer that keeps failing the handshake (wrong CURVE key) is retried ever more slowly, up to this
+    handshake_backoff_max_s: float = Field(30.0, gt=0)
     curve: CurveSettings = CurveSettings()
 
     @field_validator("frames_bind", "results_bind")
@@ -142,6 +150,7 @@ class SpoolSettings(Section):
     ack_timeout_s: float = Field(30.0, gt=0)
     # drop_oldest keeps the line's newest frames; reject_new keeps what is already waiting
     full_policy: Literal["drop_oldest", "reject_new"] = "drop_oldest"
+    dead_letter_dir: Path | None = None  # frames the refiners gave up on (None: `<dir>-dead-letter` beside it)
 
 
 class MetricsSettings(Section):

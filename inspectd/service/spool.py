@@ -10,12 +10,20 @@ by the configured policy:
 - `reject_new`: the new frame is not spooled (what is already waiting is kept).
 
 Either way every dropped or rejected frame is passed to `on_drop(reason, frame_id)` (a metric
-and a log line in the daemon): never a silent drop. Thread-safe: the capture loop adds, the
-transport thread sends, acks and resends.
+and a log line in the daemon): never a silent drop. The disk itself may fail: a full disk
+(ENOSPC) makes room by the same policy, and a write that still fails (ENOSPC, a read-only or
+broken disk) drops the new frame as `spool_disk_full` / `spool_write_failed`, leaves no
+temporary file, and never raises: the line goes on, losing only what cannot be stored.
+
+A frame the refiners cannot finish (their refinement failed max_attempts times, or a refiner
+died on it that often) is moved to the dead-letter folder beside the spool with a small JSON
+note saying why, and reported through `on_dead_letter(reason, frame_id)`. Thread-safe: the
+capture loop adds, the transport thread sends, acks and resends.
 """
 
 from __future__ import annotations
 
+import errno
 import hmac
 import json
 import logging
@@ -26,6 +34,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+
+from inspectd.errors import ConfigError
 
 log = logging.getLogger(__name__)
 SUFFIX = ".frame"
@@ -41,23 +51,43 @@ class Entry:
     sent_at: float | None = None  # None: not yet sent since it was spooled or reloaded
     attempts: int = 0
     token: str = ""  # the frame's ack_token: only a result echoing it acks the frame
+    failures: int = 0  # refiners that died while working on it (seen through their heartbeats)
 
 
 class Spool:
     def __init__(self, directory: str | Path, max_frames: int, max_bytes: int, ack_timeout_s: float,
-                 full_policy: str = "drop_oldest", on_drop: Callable[[str, str], None] | None = None):
+                 full_policy: str = "drop_oldest", on_drop: Callable[[str, str], None] | None = None,
+                 dead_letter_dir: str | Path | None = None,
+                 on_dead_letter: Callable[[str, str], None] | None = None):
         if full_policy not in ("drop_oldest", "reject_new"):
             raise ValueError(f"unknown spool full_policy {full_policy!r}")
         self.dir = Path(directory)
+        self.dead_dir = Path(dead_letter_dir) if dead_letter_dir else default_dead_letter_dir(self.dir)
         self.max_frames, self.max_bytes = max_frames, max_bytes
         self.ack_timeout_s, self.full_policy = ack_timeout_s, full_policy
         self.on_drop = on_drop or (lambda reason, frame_id: None)
+        self.on_dead_letter = on_dead_letter or (lambda reason, frame_id: None)
         self.entries: dict[str, Entry] = {}  # insertion order = oldest first
         self.bytes = 0
+        self.disk_ok = True  # False since the last write failed, until one succeeds
         self.lock = threading.Lock()
         self.sequence = time.time_ns()  # file names sort in spooling order, across restarts too
-        self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"spool.dir {self.dir}: cannot create it ({exc.strerror or exc})") from None
         self._reload()
+
+    def check_writable(self) -> None:
+        """Write, fsync and delete a probe file: a ConfigError naming the folder if that fails."""
+        for folder in (self.dir, self.dead_dir):
+            probe = folder / ".write-probe.tmp"
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                write_entry(probe, [b"probe"])
+                probe.unlink()
+            except OSError as exc:
+                raise ConfigError(f"spool folder {folder} is not writable ({exc.strerror or exc})") from None
 
     # --- queries ---------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -102,16 +132,66 @@ class Spool:
                 return False
             self.sequence += 1
             path = self.dir / f"{self.sequence:020d}_{frame_id}{SUFFIX}"
-            write_entry(path, parts)
+            if not self._write(path, parts, frame_id):
+                return False
             self.entries[frame_id] = Entry(frame_id, path, size, token=token)
             self.bytes += size
             return True
+
+    def dead_letter(self, frame_id: str, reason: str, detail: str = "") -> bool:
+        """Move a frame the refiners cannot finish to the dead-letter folder; False if not spooled.
+
+        The entry leaves the spool even when the move fails (a broken disk): it is never sent again.
+        """
+        with self.lock:
+            entry = self.entries.pop(frame_id, None)
+            if entry is None:
+                return False
+            self.bytes -= entry.size
+            note = {"frame_id": frame_id, "reason": reason, "detail": detail[:2000], "attempts": entry.attempts,
+                    "refiner_deaths": entry.failures, "dead_lettered_at": time.time()}
+            try:
+                self.dead_dir.mkdir(parents=True, exist_ok=True)
+                os.replace(entry.path, self.dead_dir / entry.path.name)
+                (self.dead_dir / (entry.path.name + ".json")).write_text(json.dumps(note))
+                self._prune_dead_letters()
+            except OSError as exc:
+                log.error("spool %s: cannot move frame %s to %s (%s)", self.dir, frame_id, self.dead_dir,
+                          exc.strerror or exc)
+                self._remove(entry, count_bytes=False)
+        log.error("frame %s dead-lettered (%s%s): %s", frame_id, reason, f": {detail[:200]}" if detail else "",
+                  self.dead_dir)
+        self.on_dead_letter(reason, frame_id)
+        return True
+
+    def record_failure(self, frame_id: str) -> int:
+        """A refiner died while working on this frame; returns how often that happened (0: not spooled)."""
+        with self.lock:
+            entry = self.entries.get(frame_id)
+            if entry is None:
+                return 0
+            entry.failures += 1
+            return entry.failures
+
+    def resend_now(self) -> int:
+        """Make every frame already sent due again (its refiner is gone); returns how many."""
+        with self.lock:
+            sent = [e for e in self.entries.values() if e.sent_at is not None]
+            for entry in sent:
+                entry.sent_at = None
+            return len(sent)
 
     def mark_sent(self, frame_id: str, now: float) -> None:
         with self.lock:
             entry = self.entries.get(frame_id)
             if entry is not None:
                 entry.sent_at, entry.attempts = now, entry.attempts + 1
+
+    def holds(self, frame_id: str, token: str = "") -> bool:
+        """The frame is spooled and `token` is its own: a result for it came from its refiner."""
+        with self.lock:
+            entry = self.entries.get(frame_id)
+            return entry is not None and hmac.compare_digest(entry.token, token)
 
     def ack(self, frame_id: str, token: str = "") -> bool:
         """Remove an entry whose result was seen; False when it was not (or no longer) spooled,
@@ -144,14 +224,47 @@ class Spool:
             self._drop("spool_full_dropped_oldest", oldest.frame_id)
         return True
 
-    def _drop(self, reason: str, frame_id: str) -> None:
+    def _write(self, path: Path, parts: list[bytes], frame_id: str) -> bool:
+        """Write one entry; on a full disk make room by the policy; False (counted) when it cannot."""
+        while True:
+            try:
+                write_entry(path, parts)
+                self.disk_ok = True
+                return True
+            except OSError as exc:
+                self.disk_ok = False
+                error = exc
+            if error.errno != errno.ENOSPC or self.full_policy != "drop_oldest" or not self.entries:
+                break
+            oldest = self.entries.pop(next(iter(self.entries)))  # the disk is full: free the oldest frame
+            self._remove(oldest)
+            self._drop("spool_full_dropped_oldest", oldest.frame_id, "disk full")
+        reason = "spool_disk_full" if error.errno == errno.ENOSPC else "spool_write_failed"
+        self._drop(reason, frame_id, error.strerror or str(error))
+        return False
+
+    def _drop(self, reason: str, frame_id: str, detail: str = "") -> None:
         policy = "" if reason == "spool_entry_too_large" else f" (full_policy={self.full_policy})"
-        log.warning("spool %s: dropped frame %s: %s%s", self.dir, frame_id, reason, policy)
+        detail = f": {detail}" if detail else ""
+        log.warning("spool %s: dropped frame %s: %s%s%s", self.dir, frame_id, reason, detail, policy)
         self.on_drop(reason, frame_id)
 
-    def _remove(self, entry: Entry) -> None:
-        self.bytes -= entry.size
-        entry.path.unlink(missing_ok=True)
+    def _prune_dead_letters(self) -> None:
+        """Keep the newest max_frames dead letters: a stream of bad frames cannot fill the disk."""
+        frames = sorted(self.dead_dir.glob(f"*{SUFFIX}"))
+        for old in frames[: max(len(frames) - self.max_frames, 0)]:
+            old.unlink(missing_ok=True)
+            old.with_name(old.name + ".json").unlink(missing_ok=True)
+            log.warning("dead-letter folder %s: removed the oldest, %s (keeps %d)", self.dead_dir, old.name,
+                        self.max_frames)
+
+    def _remove(self, entry: Entry, count_bytes: bool = True) -> None:
+        if count_bytes:
+            self.bytes -= entry.size
+        try:
+            entry.path.unlink(missing_ok=True)
+        except OSError as exc:  # a read-only disk: the file stays, and is resent (a duplicate) after a restart
+            log.warning("spool %s: cannot delete %s (%s)", self.dir, entry.path.name, exc.strerror or exc)
 
     def _reload(self) -> None:
         """Take back the entries a previous run left; delete half-written temporary files."""
@@ -181,17 +294,31 @@ def ack_token_of(parts: list[bytes]) -> str:
     return token if isinstance(token, str) else ""
 
 
+def default_dead_letter_dir(spool_dir: Path) -> Path:
+    """`<spool>-dead-letter` beside the spool folder (same disk, so a move is a rename)."""
+    return spool_dir.with_name(spool_dir.name + "-dead-letter")
+
+
 def write_entry(path: Path, parts: list[bytes]) -> None:
+    """Write durably (temporary file, fsync, rename); on any error nothing is left behind."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(MAGIC + struct.pack("<I", len(parts)))
-        for part in parts:
-            f.write(struct.pack("<Q", len(part)))
-            f.write(part)
-        f.flush()
-        os.fsync(f.fileno())
-    os.rename(tmp, path)
-    fsync_dir(path.parent)  # make the rename itself durable
+    try:
+        with open(tmp, "wb") as f:
+            f.write(MAGIC + struct.pack("<I", len(parts)))
+            for part in parts:
+                f.write(struct.pack("<Q", len(part)))
+                f.write(part)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, path)
+        fsync_dir(path.parent)  # make the rename itself durable
+    except OSError:
+        for leftover in (tmp, path):
+            try:
+                leftover.unlink(missing_ok=True)
+            except OSError:
+                pass  # a read-only disk: there is nothing to remove either
+        raise
 
 
 def read_entry(path: Path) -> list[bytes] | None:

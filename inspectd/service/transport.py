@@ -16,7 +16,9 @@ import collections
 import logging
 import os
 import time
+import uuid
 from pathlib import Path
+from typing import Callable
 
 import zmq
 import zmq.auth
@@ -150,31 +152,76 @@ def start_authenticator(context: zmq.Context, authorized_clients: Path) -> Threa
     return auth
 
 
+HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                    | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+FIRST_HANDSHAKE_RETRY_S = 0.5
+
+
 class Reconnector:
-    """Connects a socket again after its peer connection ends.
+    """Connects a socket again after its peer connection ends, and backs off from failed handshakes.
 
     libzmq reconnects by itself after a network error, but not after a protocol error, and a
     part above ZMQ_MAXMSGSIZE is one: without this, one oversized message would cut a refiner
-    off from that capture process for good.
+    off from that capture process for good. A peer whose handshake fails (a wrong or unknown
+    CURVE key) is another matter: retrying at once would try again many times a second, so
+    that endpoint is disconnected and tried again after 0.5 s, 1 s, 2 s ... up to
+    backoff_max_s, until a handshake succeeds. Every failed handshake goes to
+    `on_handshake_failure(endpoint)` (a metric). With reconnect=False (a bound socket, whose
+    clients do the connecting) failures are only reported.
     """
 
-    def __init__(self, sock: zmq.Socket):
-        self.sock = sock
-        self.monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+    def __init__(self, sock: zmq.Socket, backoff_max_s: float = 30.0,
+                 on_handshake_failure: Callable[[str], None] | None = None, reconnect: bool = True):
+        self.sock, self.backoff_max_s, self.reconnect = sock, backoff_max_s, reconnect
+        self.on_handshake_failure = on_handshake_failure or (lambda endpoint: None)
+        # a fresh inproc address: the socket's default one may still be held by an earlier monitor
+        self.monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED
+                                               | HANDSHAKE_FAILED, addr=f"inproc://reconnector-{uuid.uuid4().hex}")
+        self.failures: dict[str, int] = {}  # endpoint -> failed handshakes in a row
+        self.retry_at: dict[str, float] = {}  # endpoint -> when to connect it again
 
-    def check(self) -> list[str]:
-        """Reconnect every endpoint whose connection ended since the last check; returns them."""
-        endpoints = []
+    def check(self, now: float | None = None) -> list[str]:
+        """Handle the events since the last check; returns the endpoints reconnected after a disconnect."""
+        now = time.monotonic() if now is None else now
+        reconnected = []
         while self.monitor.poll(0):
-            endpoint = recv_monitor_message(self.monitor)["endpoint"].decode()
-            try:
-                self.sock.disconnect(endpoint)  # drop the dead (or retrying) connection ...
-            except zmq.ZMQError:
-                pass
-            self.sock.connect(endpoint)  # ... and start a fresh one
-            log.warning("connection to %s ended; reconnecting", endpoint)
-            endpoints.append(endpoint)
-        return endpoints
+            event = recv_monitor_message(self.monitor)
+            endpoint, kind = event["endpoint"].decode(), event["event"]
+            if kind & HANDSHAKE_FAILED:
+                self.handshake_failed(endpoint, now)
+            elif kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.failures.pop(endpoint, None)
+            elif kind == zmq.EVENT_DISCONNECTED and self.reconnect and endpoint not in self.retry_at:
+                self.connect_again(endpoint)
+                log.warning("connection to %s ended; reconnecting", endpoint)
+                reconnected.append(endpoint)
+        for endpoint, at in list(self.retry_at.items()):
+            if now >= at:
+                del self.retry_at[endpoint]
+                self.sock.connect(endpoint)
+        return reconnected
+
+    def handshake_failed(self, endpoint: str, now: float) -> None:
+        self.on_handshake_failure(endpoint)
+        if not self.reconnect:
+            log.debug("a client's handshake on %s failed", endpoint)
+            return
+        failures = self.failures[endpoint] = self.failures.get(endpoint, 0) + 1
+        delay = min(FIRST_HANDSHAKE_RETRY_S * 2 ** (failures - 1), self.backoff_max_s)
+        self.disconnect(endpoint)  # stop libzmq's own fast retries ...
+        self.retry_at[endpoint] = now + delay  # ... and try again later
+        log.warning("handshake with %s failed (%d in a row; a wrong CURVE key?); next try in %.1f s", endpoint,
+                    failures, delay)
+
+    def connect_again(self, endpoint: str) -> None:
+        self.disconnect(endpoint)  # drop the dead (or retrying) connection ...
+        self.sock.connect(endpoint)  # ... and start a fresh one
+
+    def disconnect(self, endpoint: str) -> None:
+        try:
+            self.sock.disconnect(endpoint)
+        except zmq.ZMQError:
+            pass
 
     def close(self) -> None:
         self.sock.disable_monitor()

@@ -1,4 +1,7 @@
-"""`inspectd watch`: subscribe to the refiners' results and print one line per defect."""
+"""`inspectd watch`: subscribe to the refiners' results and print one line per defect.
+
+No message ends it: a result that cannot be parsed or printed is logged and skipped.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ import zmq
 
 from inspectd.service.messages import TOPIC_PREFIX, MessageError, parse_result, topic_for
 from inspectd.service.settings import Settings
-from inspectd.service.transport import Deduplicator, Transport, recv_multipart_nowait
+from inspectd.service.transport import Deduplicator, Reconnector, Transport, recv_multipart_nowait
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +34,14 @@ def results(settings: Settings, stop_event: threading.Event, camera: str | None 
     transport = Transport(settings.transport)
     topic = topic_for(camera) if camera else TOPIC_PREFIX
     sub = transport.results_sub(topic, wait_s=connect_wait_s)
+    reconnector = Reconnector(sub, settings.transport.handshake_backoff_max_s)  # backs off from failed handshakes
     dedup = Deduplicator()
     deadline = time.monotonic() + timeout_s if timeout_s else None
     if ready is not None:
         ready.set()
     try:
         while not stop_event.is_set() and (deadline is None or time.monotonic() < deadline):
+            reconnector.check()
             if not sub.poll(100, zmq.POLLIN):
                 continue
             while (parts := recv_multipart_nowait(sub)) is not None:
@@ -49,10 +54,17 @@ def results(settings: Settings, stop_event: threading.Event, camera: str | None 
                     if on_bad is not None:
                         on_bad(exc.kind)
                     continue
+                except Exception as exc:  # whatever it was, the next message is read
+                    log.warning("ignoring a result message that failed to parse (%s: %s)", type(exc).__name__,
+                                str(exc)[:200])
+                    if on_bad is not None:
+                        on_bad("malformed")
+                    continue
                 # keyed with the token too: a forged result first never hides the genuine one
                 if dedup.first_time(f"{result['frame_id']}#{result.get('ack_token', '')}"):
                     yield result, mask
     finally:
+        reconnector.close()
         transport.close()
 
 
