@@ -240,22 +240,21 @@ def test_refinement_is_retried_then_published_as_error_and_bad_messages_never_en
     subscriber = RawSubscriber(settings)
     try:
         good = frame_parts("good-after")
-        push.send_multipart([b"[" * 100_000, good[1]])  # RecursionError in the JSON parser
-        push.send_multipart(defect_frame_parts("tiny-scale", px_per_mm=1e-200))  # infinite mm2: not encodable
+        push.send_multipart([b"[" * 100_000, good[1]])  # once a RecursionError: now refused for its size
+        push.send_multipart(defect_frame_parts("tiny-scale", px_per_mm=1e-200))  # infinite mm2: refused at parse
         push.send_multipart(frame_parts("always-fails"))
         push.send_multipart(frame_parts("fails-once", size=(32, 32)))
         push.send_multipart(good)
-        assert wait_until(lambda: len(subscriber.messages) == 4, 15), subscriber.messages
+        assert wait_until(lambda: len(subscriber.messages) == 3, 15), subscriber.messages
         by_id = {m["frame_id"]: m for m in subscriber.messages}
         assert by_id["always-fails"]["decision"] == "error"
         assert "refinement failed 3 time(s): CUDA out of memory" in by_id["always-fails"]["error"]
         assert refine.calls["always-fails"] == 3 and refine_ok_on_second.calls["fails-once"] == 2
         assert by_id["fails-once"]["decision"] == "ok" and by_id["good-after"]["decision"] == "ok"
-        assert by_id["tiny-scale"]["decision"] == "error"  # answered, so capture stops resending it
         assert metrics.refinement_failures._value.get() == 4
-        header_fault = (metrics.loop_errors.labels("refiner")._value.get()
-                        + metrics.bad_inputs.labels("malformed")._value.get())
-        assert header_fault == 1 and refiner.is_alive()
+        bad = {kind: metrics.bad_inputs.labels(kind)._value.get() for kind in ("oversized", "malformed")}
+        assert bad == {"oversized": 1, "malformed": 1}  # the huge header; px_per_mm out of its range
+        assert metrics.loop_errors.labels("refiner")._value.get() == 0 and refiner.is_alive()
     finally:
         stop.set()
         refiner.join(10)
