@@ -14,10 +14,12 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
+from inspectd.service.capture import open_source
 from inspectd.service.capture_process import Screening, run_capture
 from inspectd.service.metrics import ServiceMetrics
+from inspectd.service.pacing import describe, hold_while_backlogged, measure_line, paced_fps
 from inspectd.service.refiner_process import Refinement, run_refiner
 from inspectd.service.settings import DEFAULT_SETTINGS_FILE, Settings, load_settings
 from inspectd.service.transport import make_keypair
@@ -101,8 +103,10 @@ def cmd_run(args, build_screener: BuildScreener, build_refiner: BuildRefiner, ou
                                args=(settings, stop, ready, printed, args.count, out))
     printer.start()
     ready.wait(10)
+    frames = paced_demo_line(settings, screening, refinement, metrics, stop, out) \
+        if settings.capture.source == "demo" and settings.capture.demo.pace_to_refiner else None
     summary = run_capture(settings, screening.screen, stop, threshold=screening.threshold,
-                          model_id=screening.model_id, metrics=metrics,
+                          model_id=screening.model_id, metrics=metrics, frames=frames,
                           reload=lambda: build_screener(settings_for(args)))
     # each result is published before capture sees it as an ack; give the printer a moment for the last
     deadline = time.monotonic() + 5
@@ -113,6 +117,21 @@ def cmd_run(args, build_screener: BuildScreener, build_refiner: BuildRefiner, ou
     summary["results"] = len(printed)
     out(f"run: {summary}")
     return summary
+
+
+def paced_demo_line(settings: Settings, screening: Screening, refinement: Refinement, metrics: ServiceMetrics,
+                    stop: threading.Event, out) -> Iterator:
+    """The demo source at the rate its refiner can take (measured now), held while frames wait.
+
+    Sets settings.capture.fps (run_capture paces the source to it) and returns the source."""
+    measure = measure_line(settings, screening, refinement)
+    fps = paced_fps(settings.capture.fps, measure)
+    out(describe(measure, settings.capture.fps, fps))
+    settings.capture.fps = fps
+    source = open_source(settings.capture, settings.camera_id, stop,
+                         lambda reason: metrics.source_errors.labels(reason).inc())
+    return hold_while_backlogged(source, lambda: metrics.registry.get_sample_value("inspectd_spool_frames") or 0,
+                                 stop)
 
 
 def print_results(settings: Settings, stop: threading.Event, ready: threading.Event, printed: list,
