@@ -94,7 +94,8 @@ def add_bench_parser(sub, handler) -> None:
 
     sl = bsub.add_parser("scale", help="refined frames/s with 1, 2, ... refiner processes, one core each")
     sl.add_argument("--refiners", default="1,2", help="refiner counts to run (1 is always run: the baseline)")
-    sl.add_argument("--frames", type=int, default=16, help="flagged demo frames sent through each run")
+    sl.add_argument("--frames", type=int, default=24,
+                    help="flagged demo frames sent through each run (more frames: a smaller share for the last one's tail)")
     sl.add_argument("--settings", default="configs/demo.yaml")
     sl.add_argument("--out", default="runs/scale")
     sl.set_defaults(func=handler)

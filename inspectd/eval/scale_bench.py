@@ -181,6 +181,7 @@ def one_run(base, frames: list[FlaggedFrame], threshold: float, n_refiners: int,
         procs = start_refiners(settings, results, cores, frames[0].image)
         transport = Transport(settings.transport)
         recorder = ResultRecorder(transport, results)
+        time.sleep(settings.transport.pub_grace_s + 0.5)  # the refiners connect their PULL before the clock starts
         # screening happened when the frames were chosen; the capture gets those answers back
         screened = {id(f.image): (f.score_map, f.score) for f in frames}
         tag = f"{base.camera_id}-scale{n_refiners}-{time.time_ns() % 10**9}"
