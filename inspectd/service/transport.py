@@ -106,7 +106,8 @@ class Transport:
         PUSH deals frames round-robin to every refiner whose queue has room. With one frame
         queued per side and small kernel buffers, a busy refiner holds about five frames (the
         one it refines included: queues, zmq's encoder/decoder, the kernel); the rest stay in the
-        capture's spool, where any refiner that frees up takes them. Heartbeats drop a silent peer's connection, so frames stop going down it.
+        capture's spool, where any refiner that frees up takes them. Heartbeats drop a silent
+        peer's connection, so frames stop going down a dead link.
         """
         sock.sndhwm = sock.rcvhwm = self.settings.frames_hwm
         sock.sndbuf = sock.rcvbuf = FRAME_SOCKET_BUFFER_BYTES
