@@ -118,7 +118,7 @@ def node_settings(tmp_path: Path, topo: Topology, keys: dict, keydir: Path, node
         capture={"max_frames": FRAMES_PER_CAMERA, "fps": FPS, "demo": {"defect_rate": 0.5, "seed": NODES[node]}},
         transport={"frames_bind": f"tcp://{topo.address(node)}:5555", "frames_connect": captures,
                    "results_bind": f"tcp://{topo.address(node)}:5556", "results_connect": refiners,
-                   "pub_grace_s": 0.3, "heartbeat_s": 0.5,
+                   "pub_grace_s": 0.3,
                    "curve": {"secret_key": str(keys[role + "_secret"]), "server_public_key": str(keys[server]),
                              "authorized_clients": str(keydir / clients)}},
         spool={"dir": str(tmp_path / f"spool-{node}"), "ack_timeout_s": 1.0})

@@ -118,9 +118,6 @@ class TransportSettings(Section):
     # flagged frames queued per refiner connection on each side of the frame path: small, so a
     # busy (or cut-off) refiner holds few frames while others idle; the spool is the queue
     frames_hwm: int = Field(1, ge=1)
-    # frame-path ZMQ heartbeats: a peer silent for 3x this is dropped, so PUSH stops feeding a
-    # refiner whose link is down (0: off; the ack timeout still resends what it held)
-    heartbeat_s: float = Field(1.0, ge=0)
     max_message_bytes: int = Field(16 * 2**20, ge=1024)  # larger frame messages are rejected
     # a (re)started refiner publishes nothing for this long after binding PUB, so subscribers
     # (capture's ack listener, watch, the PLC) reconnect first: PUB drops what they miss

@@ -101,21 +101,21 @@ class Transport:
         return self.connect(zmq.PULL, self.settings.frames_connect, configure=self.frame_path_options)
 
     def frame_path_options(self, sock: zmq.Socket) -> None:
-        """Few frames in flight per refiner, and dead links noticed (before bind/connect).
+        """Few frames in flight per refiner (set before bind/connect).
 
         PUSH deals frames round-robin to every refiner whose queue has room. With one frame
         queued per side and small kernel buffers, a busy refiner holds about five frames (the
         one it refines included: queues, zmq's encoder/decoder, the kernel); the rest stay in the
-        capture's spool, where any refiner that frees up takes them. Heartbeats drop a silent
-        peer's connection, so frames stop going down a dead link.
+        capture's spool, where any refiner that frees up takes them. A refiner whose link dies
+        fills its queue and gets nothing more; what it held is resent after spool.ack_timeout_s.
+
+        No ZMTP heartbeats here: while a refiner refines, its full queue stops zmq reading its
+        connection, pings included, so heartbeats shorter than a refinement cut healthy refiners
+        off (measured: the frames they held dropped with the connection, resent only after the
+        ack timeout). Liveness belongs to the application layer.
         """
         sock.sndhwm = sock.rcvhwm = self.settings.frames_hwm
         sock.sndbuf = sock.rcvbuf = FRAME_SOCKET_BUFFER_BYTES
-        if self.settings.heartbeat_s > 0:
-            interval_ms = int(self.settings.heartbeat_s * 1000)
-            sock.setsockopt(zmq.HEARTBEAT_IVL, interval_ms)
-            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * interval_ms)
-            sock.setsockopt(zmq.HEARTBEAT_TTL, 3 * interval_ms)
 
     def results_pub(self) -> zmq.Socket:
         return self.bind(zmq.PUB, self.settings.results_bind)
