@@ -44,6 +44,27 @@ def test_hold_takes_no_frame_from_the_source_while_frames_wait():
     assert list(frames) == [2, 3, 4, 5]
 
 
+def test_hold_spaces_frames_by_the_period_it_asks_for_each_time():
+    periods = iter([0.2, 0.0, 0.0])
+    frames = hold_while_backlogged(iter("abc"), lambda: 0, threading.Event(), period=lambda: next(periods))
+    started = time.monotonic()
+    taken = [(f, time.monotonic() - started) for f in frames if f is not None]
+    assert [f for f, _ in taken] == ["a", "b", "c"]
+    assert taken[0][1] < 0.1 and taken[1][1] >= 0.2 and taken[2][1] - taken[1][1] < 0.1
+
+
+def test_running_refine_seconds_follows_the_refiner_after_its_first_frame():
+    from inspectd.service.metrics import ServiceMetrics
+    from inspectd.service.pacing import running_refine_seconds
+
+    metrics = ServiceMetrics("run")
+    mean = running_refine_seconds(metrics, measured=9.0)
+    assert mean() == 9.0
+    metrics.refinement_latency.observe(1.0)
+    metrics.refinement_latency.observe(2.0)
+    assert mean() == pytest.approx(1.5)
+
+
 def run_demo_line(tmp_path: Path, pace: bool) -> tuple[int, dict, list[str]]:
     """`inspectd run` with the doubles, a refiner of REFINE_S per frame and an unpaced line;
     returns the deepest spool seen, the summary and the printed lines."""

@@ -4,9 +4,10 @@ ever-growing spool.
 A real camera cannot wait for the refiners (docs/DEPLOYMENT.md sizes them instead); the demo
 line can. At start, `measure_line` screens a sample of demo frames (the flag rate) and refines
 two flagged ones (seconds per refinement); `paced_fps` then picks the frame rate whose flagged
-frames the refiner takes at a utilisation below 1. Because the refinement time varies (defect
-size, other load), `hold_while_backlogged` also stops the demo conveyor while a few flagged frames
-wait, which bounds the spool whatever the estimate was.
+frames the refiner takes at a utilisation below 1. The rate follows the refiner's running mean
+time once it has refined frames (defect size and other load change it), and
+`hold_while_backlogged` also stops the demo conveyor while a few flagged frames wait, which
+bounds the spool whatever the estimate was.
 """
 
 from __future__ import annotations
@@ -72,20 +73,33 @@ def time_refinement(refinement: Refinement, frame: Frame, score: float) -> float
 
 
 def hold_while_backlogged(frames: Iterator[Frame | None], waiting: Callable[[], float], stop: threading.Event,
-                          limit: int = MAX_WAITING) -> Iterator[Frame | None]:
-    """The source's frames, but none taken from it while `waiting()` >= limit: meanwhile it yields
-    None (the capture loop's "no frame now"), so acks and the watchdog go on. The next frame is
-    made only after the hold, so its capture time is when it was really taken."""
-    frames = iter(frames)
+                          limit: int = MAX_WAITING, period: Callable[[], float] = lambda: 0.0
+                          ) -> Iterator[Frame | None]:
+    """The source's frames, at most one per `period()` seconds (asked again for each frame, so the
+    rate follows the refiner), and none taken while `waiting()` >= limit: meanwhile it yields
+    None (the capture loop's "no frame now"), so acks and the watchdog go on. A frame is made only
+    when it is due, so its capture time is when it was really taken."""
+    frames, next_at = iter(frames), time.monotonic()
     while not stop.is_set():
-        if waiting() >= limit:
+        if waiting() >= limit or time.monotonic() < next_at:
             yield None
-            stop.wait(HOLD_TICK_S)
+            stop.wait(min(HOLD_TICK_S, max(0.0, next_at - time.monotonic())) or HOLD_TICK_S)
             continue
         frame = next(frames, StopIteration)
         if frame is StopIteration:
             return
+        next_at = time.monotonic() + period()
         yield frame
+
+
+def running_refine_seconds(metrics, measured: float) -> Callable[[], float]:
+    """Mean seconds per refinement of the refiner so far (its histogram), the start-up measure
+    until it has refined a frame."""
+    def mean() -> float:
+        count = metrics.registry.get_sample_value("inspectd_refinement_duration_seconds_count") or 0
+        total = metrics.registry.get_sample_value("inspectd_refinement_duration_seconds_sum") or 0
+        return total / count if count else measured
+    return mean
 
 
 def describe(measure: LineMeasure, configured_fps: float, fps: float) -> str:
