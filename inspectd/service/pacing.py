@@ -105,6 +105,6 @@ def running_refine_seconds(metrics, measured: float) -> Callable[[], float]:
 def describe(measure: LineMeasure, configured_fps: float, fps: float) -> str:
     configured = f"{configured_fps:g}" if configured_fps > 0 else "unpaced"
     return (f"demo line: the refiner takes {measure.refine_seconds:.2f} s per flagged frame, "
-            f"{measure.refiner_capacity:.2f} flagged frames/s; {100 * measure.flag_rate:.0f} % of demo frames are "
-            f"flagged, so the line runs at {fps:.2f} frames/s (configured {configured}, refiner busy "
+            f"{measure.refiner_capacity:.3g} flagged frames/s; {100 * measure.flag_rate:.0f} % of demo frames are "
+            f"flagged, so the line runs at {fps:.3g} frames/s (configured {configured}, refiner busy "
             f"{100 * UTILISATION:.0f} %), and holds while {MAX_WAITING} flagged frames wait")
