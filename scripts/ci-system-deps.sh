@@ -2,14 +2,16 @@
 # Debian packages the service tests need, installed only when missing (safe to run every time):
 #   prometheus -> promtool (`promtool check metrics`) and the prometheus server (scrape test)
 #   systemd    -> systemd-analyze (unit verify + security rating)
+#   iproute2   -> ip (`ip netns`: the multi-host topology test)
 set -euo pipefail
 
 missing=()
 command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 
 if [ ${#missing[@]} -eq 0 ]; then
-    echo "ci-system-deps: promtool, prometheus and systemd-analyze present"
+    echo "ci-system-deps: promtool, prometheus, systemd-analyze and ip present"
     exit 0
 fi
 
@@ -23,4 +25,5 @@ $sudo apt-get update -qq
 # --no-install-recommends: the prometheus package would pull in exporters the tests do not use;
 # policy-rc.d-less containers just skip starting the packaged service
 DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
-command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v systemd-analyze >/dev/null
+command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v systemd-analyze >/dev/null \
+    && command -v ip >/dev/null

@@ -102,6 +102,14 @@ def add_bench_parser(sub, handler) -> None:
     so.add_argument("--out", default="runs/soak")
     so.set_defaults(func=handler)
 
+    sl = bsub.add_parser("scale", help="refined frames/s with 1, 2, ... refiner processes, one core each")
+    sl.add_argument("--refiners", default="1,2", help="refiner counts to run (1 is always run: the baseline)")
+    sl.add_argument("--frames", type=int, default=24,
+                    help="flagged demo frames sent through each run (more frames: a smaller share for the last one's tail)")
+    sl.add_argument("--settings", default="configs/demo.yaml")
+    sl.add_argument("--out", default="runs/scale")
+    sl.set_defaults(func=handler)
+
     from inspectd.eval.chaos_bench import add_chaos_parser
 
     add_chaos_parser(bsub, handler)
@@ -118,6 +126,10 @@ def main(args) -> None:
         from inspectd.eval.screening_bench import run_screening_bench
 
         run_screening_bench(args)
+    elif args.bench == "scale":
+        from inspectd.eval.scale_bench import run_scale_bench
+
+        run_scale_bench(args)
     elif args.bench == "soak":
         from inspectd.eval.soak_bench import run_soak_bench
 

@@ -15,10 +15,13 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
+from inspectd.service.capture import open_source
 from inspectd.service.capture_process import Screening, run_capture
 from inspectd.service.metrics import ServiceMetrics
+from inspectd.service.pacing import LineMeasure, describe, hold_while_backlogged, measure_line, paced_fps, \
+    running_refine_seconds
 from inspectd.service.refiner_process import Refinement, run_refiner
 from inspectd.service.settings import DEFAULT_SETTINGS_FILE, Settings, load_settings
 from inspectd.service.transport import make_keypair
@@ -103,8 +106,10 @@ def cmd_run(args, build_screener: BuildScreener, build_refiner: BuildRefiner, ou
                                args=(settings, stop, ready, printed, args.count, out))
     printer.start()
     ready.wait(10)
+    frames = paced_demo_line(settings, screening, refinement, metrics, stop, out) \
+        if settings.capture.source == "demo" and settings.capture.demo.pace_to_refiner else None
     summary = run_capture(settings, screening.screen, stop, threshold=screening.threshold,
-                          model_id=screening.model_id, metrics=metrics,
+                          model_id=screening.model_id, metrics=metrics, frames=frames,
                           reload=lambda: build_screener(settings_for(args)), chain=screening.chain)
     # each result is published before capture sees it as an ack; give the printer a moment for the last
     deadline = time.monotonic() + 5
@@ -115,6 +120,26 @@ def cmd_run(args, build_screener: BuildScreener, build_refiner: BuildRefiner, ou
     summary["results"] = len(printed)
     out(f"run: {summary}")
     return summary
+
+
+def paced_demo_line(settings: Settings, screening: Screening, refinement: Refinement, metrics: ServiceMetrics,
+                    stop: threading.Event, out) -> Iterator:
+    """The demo source at the rate its refiner can take (measured now, then its running mean),
+    held while frames wait. Takes over the pacing from run_capture (settings.capture.fps = 0)."""
+    measure = measure_line(settings, screening, refinement)
+    configured_fps, flag_rate = settings.capture.fps, measure.flag_rate
+    out(describe(measure, configured_fps, paced_fps(configured_fps, measure)))
+    settings.capture.fps = 0
+    refine_seconds = running_refine_seconds(metrics, measure.refine_seconds)
+
+    def period() -> float:
+        fps = paced_fps(configured_fps, LineMeasure(refine_seconds(), flag_rate))
+        return 1.0 / fps if fps > 0 else 0.0
+
+    source = open_source(settings.capture, settings.camera_id, stop,
+                         lambda reason: metrics.source_errors.labels(reason).inc())
+    return hold_while_backlogged(source, lambda: metrics.registry.get_sample_value("inspectd_spool_frames") or 0,
+                                 stop, period=period)
 
 
 def print_results(settings: Settings, stop: threading.Event, ready: threading.Event, printed: list,

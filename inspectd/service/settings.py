@@ -35,6 +35,9 @@ class DemoSettings(Section):
     defect_rate: float = Field(0.3, ge=0.0, le=1.0)
     area_range: tuple[float, float] = (0.005, 0.05)
     seed: int = 0
+    # `inspectd run`: measure the refiner at start and run the demo line at a rate it can take
+    # (inspectd/service/pacing.py); off, the line runs at capture.fps whatever the refiner does
+    pace_to_refiner: bool = True
 
 
 class CaptureSettings(Section):
@@ -115,6 +118,9 @@ class TransportSettings(Section):
     results_bind: str = "tcp://127.0.0.1:5556"  # refiner binds PUB here (one port per refiner)
     results_connect: list[str] = ["tcp://127.0.0.1:5556"]  # capture and watch SUBscribe to every refiner
     hwm: int = Field(100, ge=1)  # messages queued per peer before sends wait or drop
+    # flagged frames queued per refiner connection on each side of the frame path: small, so a
+    # busy (or cut-off) refiner holds few frames while others idle; the spool is the queue
+    frames_hwm: int = Field(1, ge=1)
     # larger frame messages are rejected: a 5 MP camera frame is about 10 MiB as PNG, 20 MP about 40
     max_message_bytes: int = Field(64 * 2**20, ge=1024)
     # frames and masks declaring more pixels are refused from their header, before decoding

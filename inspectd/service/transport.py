@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 # zmq drops (and disconnects the sender of) any single part above this multiple of
 # max_message_bytes; between 1x and this, parse_frame rejects the message and counts it
 ZMQ_SIZE_CAP_FACTOR = 2
+# kernel socket buffers on the frame path: without a cap, TCP autotuning lets a refiner that is
+# busy (or whose link is down) hold dozens of frames in its buffers while the others idle
+FRAME_SOCKET_BUFFER_BYTES = 8 * 1024
 
 
 class Transport:
@@ -52,8 +55,10 @@ class Transport:
         sock.setsockopt(zmq.MAXMSGSIZE, ZMQ_SIZE_CAP_FACTOR * self.settings.max_message_bytes)
         return sock
 
-    def bind(self, kind: int, endpoint: str) -> zmq.Socket:
+    def bind(self, kind: int, endpoint: str, configure: Callable[[zmq.Socket], None] | None = None) -> zmq.Socket:
         sock = self.socket(kind)
+        if configure is not None:
+            configure(sock)
         if self.keys is not None:
             sock.curve_server = True
             sock.curve_publickey, sock.curve_secretkey = self.keys["public"], self.keys["secret"]
@@ -64,10 +69,12 @@ class Transport:
             raise ConfigError(f"cannot bind {endpoint}: {exc}") from None
         return sock
 
-    def connect(self, kind: int, endpoints: list[str], wait_s: float = 0.0,
-                subscribe: str | None = None) -> zmq.Socket:
+    def connect(self, kind: int, endpoints: list[str], wait_s: float = 0.0, subscribe: str | None = None,
+                configure: Callable[[zmq.Socket], None] | None = None) -> zmq.Socket:
         """Connect to every endpoint; with wait_s, wait up to that long for all handshakes."""
         sock = self.socket(kind)
+        if configure is not None:
+            configure(sock)
         if self.keys is not None:
             sock.curve_publickey, sock.curve_secretkey = self.keys["public"], self.keys["secret"]
             sock.curve_serverkey = self.keys["server"]
@@ -87,12 +94,29 @@ class Transport:
 
     # the four sockets of the daemon
     def frames_push(self) -> zmq.Socket:
-        sock = self.bind(zmq.PUSH, self.settings.frames_bind)
+        sock = self.bind(zmq.PUSH, self.settings.frames_bind, self.frame_path_options)
         sock.immediate = True  # queue only to connected refiners, so a frame never waits in a dead pipe
         return sock
 
     def frames_pull(self) -> zmq.Socket:
-        return self.connect(zmq.PULL, self.settings.frames_connect)
+        return self.connect(zmq.PULL, self.settings.frames_connect, configure=self.frame_path_options)
+
+    def frame_path_options(self, sock: zmq.Socket) -> None:
+        """Few frames in flight per refiner (set before bind/connect).
+
+        PUSH deals frames round-robin to every refiner whose queue has room. With one frame
+        queued per side and small kernel buffers, a busy refiner holds about five frames (the
+        one it refines included: queues, zmq's encoder/decoder, the kernel); the rest stay in the
+        capture's spool, where any refiner that frees up takes them. A refiner whose link dies
+        fills its queue and gets nothing more; what it held is resent after spool.ack_timeout_s.
+
+        No ZMTP heartbeats here: while a refiner refines, its full queue stops zmq reading its
+        connection, pings included, so heartbeats shorter than a refinement cut healthy refiners
+        off (measured: the frames they held dropped with the connection, resent only after the
+        ack timeout). Liveness belongs to the application layer.
+        """
+        sock.sndhwm = sock.rcvhwm = self.settings.frames_hwm
+        sock.sndbuf = sock.rcvbuf = FRAME_SOCKET_BUFFER_BYTES
 
     def results_pub(self) -> zmq.Socket:
         return self.bind(zmq.PUB, self.settings.results_bind)
