@@ -67,6 +67,7 @@ class FrameSender(threading.Thread):
             self.send_due(time.time())
             self.metrics.spool_frames.set(len(self.spool))
             self.metrics.spool_bytes.set(self.spool.bytes)
+            self.metrics.spool_oldest_age.set(self.spool.oldest_age(time.time()))
             self.metrics.reconnects.inc(len(reconnector.check()))
         reconnector.close()
 
