@@ -103,27 +103,7 @@ class ServiceMetrics:
         if self.server is not None:
             self.server.shutdown()
             self.server.server_close()
-            # score drift of the screening scores against the bundle's normal scores (capture)
-        self.score_drift = Gauge("inspectd_score_drift", "KS statistic of the last window of screening scores "
-                                 "against the bundle's held-out normal scores (0: same, 1: disjoint)", ["camera"],
-                                 registry=r)
-        self.score_drift_threshold = Gauge("inspectd_score_drift_threshold", "drift.threshold: above it the "
-                                           "capture logs (and the alert fires)", ["camera"], registry=r)
-        # result subscribers: `inspectd view` and `inspectd bridge mqtt`
-        self.results_received = Counter("inspectd_results_received_total", "Results a subscriber took in",
-                                        ["camera"], registry=r)
-        self.mqtt_published = Counter("inspectd_mqtt_published_total", "Results the MQTT broker acknowledged",
-                                      ["camera"], registry=r)
-        self.mqtt_queue = Gauge("inspectd_mqtt_queue_messages", "Results waiting for the MQTT broker", registry=r)
-        self.mqtt_dropped = Counter("inspectd_mqtt_dropped_total", "Results dropped because the bridge's queue "
-                                    "was full (broker down too long)", registry=r)
-        self.mqtt_connected = Gauge("inspectd_mqtt_connected", "1 while the bridge is connected to the broker",
-                                    registry=r)
-        self.mqtt_connect_failures = Counter("inspectd_mqtt_connect_failures_total", "Broker connections refused "
-                                             "or lost, by reason", ["reason"], registry=r)
-        self.view_clients = Gauge("inspectd_view_clients", "Browsers connected to the live view", registry=r)
-        self.view_disconnects = Counter("inspectd_view_disconnects_total", "Browsers that went away", registry=r)
-        self.server = None
+            self.server = None
 
     def text(self) -> bytes:
         return generate_latest(self.registry)
