@@ -2,14 +2,20 @@
 # Debian packages the service tests need, installed only when missing (safe to run every time):
 #   prometheus -> promtool (`promtool check metrics`) and the prometheus server (scrape test)
 #   systemd    -> systemd-analyze (unit verify + security rating)
+#   mosquitto  -> the MQTT broker the bridge test starts on 127.0.0.1 (mosquitto_passwd for its auth test)
+#   chromium, chromium-driver -> the headless browser of the live-view test (Selenium drives it)
 set -euo pipefail
 
 missing=()
 command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+# mosquitto lives in /usr/sbin, which a non-root PATH may lack
+PATH="$PATH:/usr/sbin" command -v mosquitto >/dev/null 2>&1 || missing+=(mosquitto)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 
 if [ ${#missing[@]} -eq 0 ]; then
-    echo "ci-system-deps: promtool, prometheus and systemd-analyze present"
+    echo "ci-system-deps: promtool, prometheus, systemd-analyze, mosquitto, chromium and chromedriver present"
     exit 0
 fi
 
@@ -24,3 +30,4 @@ $sudo apt-get update -qq
 # policy-rc.d-less containers just skip starting the packaged service
 DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v systemd-analyze >/dev/null
+PATH="$PATH:/usr/sbin" command -v mosquitto >/dev/null && command -v chromium >/dev/null && command -v chromedriver >/dev/null

@@ -20,6 +20,7 @@ from typing import Callable, Iterator
 import numpy as np
 import zmq
 
+from inspectd.deploy.drift import DriftMonitor
 from inspectd.errors import ConfigError
 from inspectd.service.capture import Frame, open_source, paced
 from inspectd.service.lifecycle import reload_model, signal_handlers
@@ -44,6 +45,8 @@ class Screening:
     screen: ScreenFn
     threshold: float
     model_id: str = "unknown"
+    normal_scores: np.ndarray | None = None  # the bundle's held-out normal scores (drift reference)
+    image_size: int | None = None  # the square frame size the model screens (None: any)
 
 
 class FrameSender(threading.Thread):
@@ -105,10 +108,17 @@ class CaptureLoop:
     """The main loop's state: settings, current model, spool and counters."""
 
     def __init__(self, settings: Settings, screening: Screening, metrics: ServiceMetrics, spool: Spool):
-        self.settings, self.screening = settings, screening
-        self.metrics, self.spool = metrics, spool
+        self.settings, self.metrics, self.spool = settings, metrics, spool
         self.camera = settings.camera_id
         self.counts = {"frames": 0, "flagged": 0, "spooled": 0}
+        self.use(screening)
+
+    def use(self, screening: Screening) -> None:
+        """Screen with this model from now on; the drift monitor starts afresh with its reference."""
+        self.screening = screening
+        self.drift = drift_monitor(self.settings, screening)
+        if self.drift is not None:
+            self.metrics.score_drift_threshold.labels(self.camera).set(self.settings.drift.threshold)
 
     def handle(self, frame: Frame) -> bool:
         """Screen one frame; spool it when flagged. True when it was flagged."""
@@ -124,6 +134,8 @@ class CaptureLoop:
             return False
         m.screening_latency.observe(time.perf_counter() - started)
         m.frames_screened.labels(self.camera).inc()
+        if self.drift is not None and (reading := self.drift.add(float(score))) is not None:
+            m.score_drift.labels(self.camera).set(reading.statistic)
         if not float(score) > self.screening.threshold:
             return False
         m.frames_flagged.labels(self.camera).inc()
@@ -147,13 +159,14 @@ class CaptureLoop:
 
 
 def run_capture(settings: Settings, screen: ScreenFn, stop_event: threading.Event, *,
-                threshold: float | None = None, model_id: str = "unknown",
+                threshold: float | None = None, model_id: str = "unknown", normal_scores: np.ndarray | None = None,
                 reload: Callable[[], Screening] | None = None, reload_event: threading.Event | None = None,
                 frames: Iterator[Frame | None] | None = None, metrics: ServiceMetrics | None = None,
                 notifier: Notifier | None = None, on_frame: Callable[[Frame, bool], None] | None = None) -> dict:
     """Run until the source ends and every flagged frame is acked, or until stop_event.
 
     `threshold` is the model's image threshold; settings.screening.threshold overrides it.
+    `normal_scores` (the bundle's held-out normal scores) turn the drift monitor on.
     `reload` is called after SIGHUP (or when reload_event is set) between two frames.
     `frames` replaces the configured source; `on_frame(frame, flagged)` observes each frame.
     Returns counts. On return the spool keeps every unacked frame for the next start.
@@ -174,7 +187,7 @@ def run_capture(settings: Settings, screen: ScreenFn, stop_event: threading.Even
     except BaseException:  # e.g. the port is taken: release the context and the authenticator thread
         transport.close()
         raise
-    loop = CaptureLoop(settings, Screening(screen, float(threshold), model_id), metrics, spool)
+    loop = CaptureLoop(settings, Screening(screen, float(threshold), model_id, normal_scores), metrics, spool)
     source = frames if frames is not None else open_source(
         settings.capture, settings.camera_id, stop_event, lambda reason: metrics.source_errors.labels(reason).inc())
     serving = settings.metrics.port is not None  # else the caller serves (or not) its metrics
@@ -192,7 +205,7 @@ def run_capture(settings: Settings, screen: ScreenFn, stop_event: threading.Even
                 watchdog.maybe_ping()
                 if reload_event.is_set():
                     reload_event.clear()
-                    loop.screening = reload_model(loop.screening, reload, metrics, notifier)
+                    loop.use(reload_model(loop.screening, reload, metrics, notifier))
                 if stop_event.is_set():
                     break
                 if frame is None:
@@ -210,6 +223,18 @@ def run_capture(settings: Settings, screen: ScreenFn, stop_event: threading.Even
             metrics.stop()
         log.info("capture %s stopped: %s; %d frame(s) kept in the spool", settings.camera_id, loop.counts, len(spool))
     return {**loop.counts, "unacked": len(spool)}
+
+
+def drift_monitor(settings: Settings, screening: Screening) -> DriftMonitor | None:
+    d = settings.drift
+    if not d.enabled:
+        return None
+    if screening.normal_scores is None or len(screening.normal_scores) == 0:
+        log.info("drift monitor off: model %s has no held-out normal scores (bundle fitted before they were "
+                 "saved; refit with `inspectd fit` to turn it on)", screening.model_id)
+        return None
+    return DriftMonitor(screening.normal_scores, screening.threshold, d.window, d.min_frames, d.every, d.threshold,
+                        settings.camera_id)
 
 
 def open_spool(settings: Settings, metrics: ServiceMetrics) -> Spool:

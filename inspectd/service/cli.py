@@ -2,7 +2,8 @@
 
     add_service_commands(sub, build_screener, build_refiner)
 
-adds `capture`, `refine`, `run` (both on one box, printing results), `watch` and `keys`.
+adds `capture`, `refine`, `run` (both on one box, printing results), `watch`, `keys`, `drift`,
+`bridge mqtt` and `view` (the last two subscribe to the results like `watch`).
 The model builders come from the caller, so this layer knows nothing about ONNX or F2PAD:
 `build_screener(settings) -> Screening` and `build_refiner(settings) -> Refinement`; they are
 called again on SIGHUP (with the settings file re-read) to reload the model.
@@ -16,10 +17,14 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from inspectd.data.images import list_images, read_image
+from inspectd.deploy.drift import DriftReading, drift_statistic, format_reading
+from inspectd.errors import BadImageError, InspectdError
 from inspectd.service.capture_process import Screening, run_capture
+from inspectd.service.lifecycle import signal_handlers
 from inspectd.service.metrics import ServiceMetrics
 from inspectd.service.refiner_process import Refinement, run_refiner
-from inspectd.service.settings import DEFAULT_SETTINGS_FILE, Settings, load_settings
+from inspectd.service.settings import DEFAULT_SETTINGS_FILE, DriftSettings, Settings, load_settings
 from inspectd.service.transport import make_keypair
 from inspectd.service.watch import format_result, results, watch
 
@@ -55,6 +60,21 @@ def add_service_commands(sub, build_screener: BuildScreener, build_refiner: Buil
     p.add_argument("--timeout", type=float, help="stop after this many seconds")
     p.set_defaults(func=cmd_watch)
 
+    p = sub.add_parser("drift", help="screening scores of a folder of recent frames vs the bundle's normal scores "
+                                      "(KS statistic, as the capture's drift monitor)")
+    p.add_argument("--model", required=True, help="bundle directory")
+    p.add_argument("--data", required=True, help="folder of recent frames (images)")
+    p.add_argument("--threshold", type=float, default=DriftSettings().threshold,
+                   help="KS statistic above which it says DRIFT (default: drift.threshold's default)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(func=lambda args: cmd_drift(args, build_screener))
+
+    p = sub.add_parser("bridge", help="republish the results to a plant system")
+    targets = p.add_subparsers(dest="target", required=True)
+    p = targets.add_parser("mqtt", help="every result to an MQTT broker (settings: mqtt.*; topics in docs/messages.md)")
+    settings_arg(p)
+    p.set_defaults(func=cmd_bridge_mqtt)
+
     p = sub.add_parser("keys", help="make CURVE key pairs (NAME.key to share, NAME.key_secret to keep)")
     p.add_argument("--dir", required=True, help="folder for the certificate files")
     p.add_argument("names", nargs="+", help="e.g. capture refiner operator")
@@ -72,7 +92,8 @@ def cmd_capture(args, build_screener: BuildScreener) -> None:
     settings = settings_for(args)
     screening = build_screener(settings)
     summary = run_capture(settings, screening.screen, threading.Event(), threshold=screening.threshold,
-                          model_id=screening.model_id, reload=lambda: build_screener(settings_for(args)))
+                          model_id=screening.model_id, normal_scores=screening.normal_scores,
+                          reload=lambda: build_screener(settings_for(args)))
     print(f"capture: {summary}")
 
 
@@ -102,7 +123,7 @@ def cmd_run(args, build_screener: BuildScreener, build_refiner: BuildRefiner, ou
     printer.start()
     ready.wait(10)
     summary = run_capture(settings, screening.screen, stop, threshold=screening.threshold,
-                          model_id=screening.model_id, metrics=metrics,
+                          model_id=screening.model_id, normal_scores=screening.normal_scores, metrics=metrics,
                           reload=lambda: build_screener(settings_for(args)))
     # each result is published before capture sees it as an ack; give the printer a moment for the last
     deadline = time.monotonic() + 5
@@ -128,6 +149,48 @@ def print_results(settings: Settings, stop: threading.Event, ready: threading.Ev
 def cmd_watch(args) -> None:
     settings = load_settings(args.settings)
     watch(settings, threading.Event(), args.camera, args.count, args.timeout)
+
+
+def cmd_drift(args, build_screener: BuildScreener, out=print) -> DriftReading:
+    folder = Path(args.data)
+    if not folder.is_dir():
+        raise InspectdError(f"--data {folder}: not a folder of images")
+    # a folder source, so that a missing bundle is an error here, never a demo fit
+    settings = Settings(screening={"model": args.model, "device": args.device},
+                        capture={"source": "folder", "uri": str(folder)})
+    screening = build_screener(settings)
+    if screening.normal_scores is None:
+        raise InspectdError(f"{args.model}: the bundle has no held-out normal scores (fitted before inspectd saved "
+                            "them); refit it with `inspectd fit` to measure drift")
+    scores = screen_folder(folder, screening)
+    reading = drift_statistic(scores, screening.normal_scores, screening.threshold)
+    out(f"{folder} against {screening.model_id}: {format_reading(reading, args.threshold)}")
+    return reading
+
+
+def screen_folder(folder: Path, screening: Screening) -> list[float]:
+    """Screening scores of every readable image in `folder`; unreadable ones are named and skipped."""
+    scores = []
+    for path in list_images(folder):
+        try:
+            image = read_image(path, screening.image_size)
+        except BadImageError as exc:
+            log.warning("skipping %s", exc)
+            continue
+        scores.append(float(screening.screen(image)[1]))
+    if not scores:
+        raise InspectdError(f"--data {folder}: no readable image")
+    return scores
+
+
+def cmd_bridge_mqtt(args) -> None:
+    from inspectd.service.mqtt_bridge import run_bridge  # paho is only needed here
+
+    settings = load_settings(args.settings)
+    stop = threading.Event()
+    with signal_handlers(stop):
+        summary = run_bridge(settings, stop)
+    print(f"bridge mqtt: {summary}")
 
 
 def cmd_keys(args) -> None:

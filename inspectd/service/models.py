@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from inspectd.bundle import export_to_bundle, load_calibration
+from inspectd.bundle import export_to_bundle, load_calibration, load_normal_scores
 from inspectd.bundle.demo import fit_demo_bundle
 from inspectd.deploy import ChainSettings, Inspector
 from inspectd.errors import BundleError, InspectdError
@@ -61,7 +61,8 @@ def build_screener(settings: Settings) -> Screening:
     screener = OnnxScreener(bundle, device=settings.screening.device)
     threshold = screen_threshold(settings, bundle)
     log.info("screening with %s on %s, threshold %.4f", bundle.name, screener.provider, threshold)
-    return Screening(screen=screener, threshold=threshold, model_id=screener.model_id)
+    return Screening(screen=screener, threshold=threshold, model_id=screener.model_id,
+                     normal_scores=load_normal_scores(bundle), image_size=screener.size)
 
 
 def build_refiner(settings: Settings) -> Refinement:

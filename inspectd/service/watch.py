@@ -19,11 +19,13 @@ log = logging.getLogger(__name__)
 
 def results(settings: Settings, stop_event: threading.Event, camera: str | None = None,
             timeout_s: float | None = None, ready: threading.Event | None = None,
-            connect_wait_s: float = 5.0) -> Iterator[tuple[dict, np.ndarray]]:
+            connect_wait_s: float = 5.0, on_bad: Callable[[str], None] | None = None,
+            tick: Callable[[], None] | None = None) -> Iterator[tuple[dict, np.ndarray]]:
     """(result, mask) for each frame once (resends are de-duplicated), until stop or timeout.
 
     PUB/SUB drops what is published before a subscriber is connected, so this first waits up
-    to connect_wait_s for every refiner's handshake, then sets `ready`.
+    to connect_wait_s for every refiner's handshake, then sets `ready`. A bad message is logged,
+    passed to `on_bad(kind)` (a metric) and skipped; `tick()` runs every 100 ms (a watchdog).
     """
     transport = Transport(settings.transport)
     topic = topic_for(camera) if camera else TOPIC_PREFIX
@@ -34,6 +36,8 @@ def results(settings: Settings, stop_event: threading.Event, camera: str | None 
         ready.set()
     try:
         while not stop_event.is_set() and (deadline is None or time.monotonic() < deadline):
+            if tick is not None:
+                tick()
             if not sub.poll(100, zmq.POLLIN):
                 continue
             while (parts := recv_multipart_nowait(sub)) is not None:
@@ -43,6 +47,8 @@ def results(settings: Settings, stop_event: threading.Event, camera: str | None 
                     result, mask = parse_result(parts)
                 except MessageError as exc:
                     log.warning("ignoring bad result message: %s", exc)
+                    if on_bad is not None:
+                        on_bad(exc.kind)
                     continue
                 if dedup.first_time(result["frame_id"]):
                     yield result, mask
