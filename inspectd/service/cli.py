@@ -75,6 +75,10 @@ def add_service_commands(sub, build_screener: BuildScreener, build_refiner: Buil
     settings_arg(p)
     p.set_defaults(func=cmd_bridge_mqtt)
 
+    p = sub.add_parser("view", help="live web page of the results (settings: view.*; 127.0.0.1:8090 by default)")
+    settings_arg(p)
+    p.set_defaults(func=cmd_view)
+
     p = sub.add_parser("keys", help="make CURVE key pairs (NAME.key to share, NAME.key_secret to keep)")
     p.add_argument("--dir", required=True, help="folder for the certificate files")
     p.add_argument("names", nargs="+", help="e.g. capture refiner operator")
@@ -191,6 +195,12 @@ def cmd_bridge_mqtt(args) -> None:
     with signal_handlers(stop):
         summary = run_bridge(settings, stop)
     print(f"bridge mqtt: {summary}")
+
+
+def cmd_view(args) -> None:
+    from inspectd.service.view import run_view  # starlette and uvicorn are only needed here
+
+    run_view(load_settings(args.settings), threading.Event(), on_url=lambda url: print(f"view: {url}", flush=True))
 
 
 def cmd_keys(args) -> None:
