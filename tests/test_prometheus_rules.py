@@ -1,11 +1,14 @@
 """configs/prometheus/inspectd-rules.yml: promtool accepts the rules, its unit tests pass, every
 alert is tested firing and not firing, and every metric an alert reads is one inspectd serves.
+configs/grafana/inspectd-dashboard.json: every panel query is valid PromQL (promtool) on metrics
+inspectd serves.
 
 Needs promtool (Debian package `prometheus`; scripts/ci-system-deps.sh installs it) for the first two.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -19,6 +22,7 @@ from inspectd.service.metrics import ServiceMetrics
 RULES_DIR = Path(__file__).resolve().parents[1] / "configs" / "prometheus"
 RULES = RULES_DIR / "inspectd-rules.yml"
 RULE_TESTS = RULES_DIR / "inspectd-rules.test.yml"
+DASHBOARD = RULES_DIR.parent / "grafana" / "inspectd-dashboard.json"
 # what a metric family is called in PromQL, by type (prometheus_client's family names)
 SAMPLE_SUFFIXES = {"counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_sum", "_count"),
                    "info": ("_info",), "summary": ("_sum", "_count", "")}
@@ -69,3 +73,27 @@ def test_every_metric_in_an_alert_exists_in_metrics_py():
             assert used, f"{rule['alert']} reads no inspectd metric"
         unknown = used - served
         assert not unknown, f"{rule['alert']} uses {sorted(unknown)}, not defined in inspectd/service/metrics.py"
+
+
+def dashboard_queries() -> list[str]:
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    return [target["expr"] for panel in panels for target in panel.get("targets", [])]
+
+
+def test_dashboard_reads_only_metrics_inspectd_serves():
+    served, queries = served_metric_names(), dashboard_queries()
+    assert len(queries) >= 15
+    for expr in queries:
+        unknown = set(re.findall(r"\binspectd_[a-z0-9_]+", expr)) - served
+        assert not unknown, f"dashboard query {expr!r} uses {sorted(unknown)}, not in inspectd/service/metrics.py"
+
+
+@promtool
+def test_dashboard_queries_are_valid_promql(tmp_path):
+    # promtool parses PromQL when it checks recording rules: one rule per panel query
+    rules = [{"record": f"dashboard:query_{i}", "expr": expr.replace("$camera", ".*")}
+             for i, expr in enumerate(dashboard_queries())]
+    path = tmp_path / "dashboard-rules.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    run = subprocess.run(["promtool", "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stdout + run.stderr
