@@ -125,6 +125,7 @@ def cmd_run(args, build_screener: BuildScreener, build_refiner: BuildRefiner, ou
     printer = threading.Thread(target=print_results, name="watch", daemon=True,
                                args=(settings, stop, ready, printed, args.count, out))
     printer.start()
+    view_stop = start_view(settings, out) if settings.view.in_run else None
     ready.wait(10)
     summary = run_capture(settings, screening.screen, stop, threshold=screening.threshold,
                           model_id=screening.model_id, normal_scores=screening.normal_scores, metrics=metrics,
@@ -134,10 +135,30 @@ def cmd_run(args, build_screener: BuildScreener, build_refiner: BuildRefiner, ou
     while printer.is_alive() and len(printed) < summary["spooled"] and time.monotonic() < deadline:
         time.sleep(0.05)
     stop.set()
+    if view_stop is not None:
+        view_stop.set()
     refiner.join(timeout=30)
     summary["results"] = len(printed)
     out(f"run: {summary}")
     return summary
+
+
+def start_view(settings: Settings, out) -> threading.Event:
+    """The live view beside `inspectd run`, on its own stop event: a view that cannot start (its
+    port taken) logs why and leaves the line running. Waits until it is ready (or has failed), so
+    the page sees the line's first results."""
+    from inspectd.service.view import run_view
+
+    stop, ready = threading.Event(), threading.Event()
+    view_settings = settings.model_copy(update={"metrics": settings.metrics.model_copy(update={"port": None})})
+    view = threading.Thread(target=run_view, name="view", daemon=True,
+                            args=(view_settings, stop, ServiceMetrics("view")),
+                            kwargs={"ready": ready, "on_url": lambda url: out(f"view: {url} (live results in a browser)")})
+    view.start()
+    deadline = time.monotonic() + 10
+    while not ready.wait(0.05) and view.is_alive() and time.monotonic() < deadline:
+        pass
+    return stop
 
 
 def print_results(settings: Settings, stop: threading.Event, ready: threading.Event, printed: list,

@@ -177,6 +177,7 @@ class ViewSettings(Section):
     host: str = "127.0.0.1"  # bind a LAN address only behind a trusted network or a reverse proxy
     port: int = Field(8090, ge=0, le=65535)
     last_n: int = Field(12, ge=1, le=200)  # results kept and shown per camera
+    in_run: bool = True  # `inspectd run` (make run) serves the view too and prints its URL
 
 
 class MetricsSettings(Section):
