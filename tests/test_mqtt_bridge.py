@@ -259,3 +259,25 @@ def test_a_broker_refusing_the_bridge_is_counted_and_survived(tmp_path):
         bridge.join(timeout=10)
         broker.stop()
     assert not bridge.is_alive()
+
+
+def test_bridge_tells_systemd_ready_and_pings_the_watchdog_even_without_a_broker(tmp_path):
+    from inspectd.service.sdnotify import Notifier
+
+    path = str(tmp_path / "notify")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(path)
+    server.settimeout(10)
+    settings = service_settings(tmp_path, mqtt={"port": free_port()})  # nobody listens there
+    stop = threading.Event()
+    notifier = Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "200000"})
+    bridge = start_thread(run_bridge, settings, stop, notifier=notifier)
+    try:
+        seen = set()
+        while not {"READY=1", "WATCHDOG=1"} <= seen:
+            seen.update(server.recv(4096).decode().splitlines())
+    finally:
+        stop.set()
+        bridge.join(timeout=10)
+        server.close()
+    assert not bridge.is_alive()

@@ -135,3 +135,28 @@ def test_a_malformed_result_is_counted_and_the_view_goes_on(view):
                                                                 {"kind": "malformed"}) == 1, 5)
     snap = json.loads(urllib.request.urlopen(url + "state").read())
     assert [c["frame_id"] for c in snap["cameras"]["cam1"]] == ["cam1-test-0000001"] and thread.is_alive()
+
+
+def test_view_tells_systemd_ready_and_pings_the_watchdog(tmp_path):
+    import socket
+
+    from inspectd.service.sdnotify import Notifier
+
+    path = str(tmp_path / "notify")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(path)
+    server.settimeout(10)
+    settings = service_settings(tmp_path, view={"port": free_port()})
+    stop = threading.Event()
+    notifier = Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "200000"})  # ping every 0.1 s
+    thread = threading.Thread(target=run_view, args=(settings, stop), kwargs={"notifier": notifier}, daemon=True)
+    thread.start()
+    try:
+        seen = set()
+        while not {"READY=1", "WATCHDOG=1"} <= seen:
+            seen.update(server.recv(4096).decode().splitlines())
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        server.close()
+    assert not thread.is_alive()
