@@ -19,6 +19,7 @@ from inspectd.service.capture import Frame
 from inspectd.service.capture_process import run_capture
 from inspectd.service.metrics import ServiceMetrics
 
+from conftest import DEMO_SIZE
 from test_service_doubles import service_settings
 
 
@@ -110,24 +111,7 @@ def test_a_bundle_without_normal_scores_turns_drift_off_with_a_log_line(tmp_path
 
 
 # --- `inspectd drift` on the demo line, real model ----------------------------------------------------------
-DEMO_SIZE = 64
-
-
-@pytest.fixture(scope="module")
-def demo_bundle(tmp_path_factory) -> Path:
-    """The demo line's model (PatchCore on brick parts), with a light calibration: this test needs
-    its screening graph and the held-out normal scores, not finely chosen F2PAD settings."""
-    from inspectd.bundle import export_to_bundle, fit_bundle
-    from inspectd.bundle.calibration import CalibrationConfig
-    from inspectd.methods import load_method
-
-    out = tmp_path_factory.mktemp("models") / "demo-brick"
-    normals = texture_parts("brick", 60, DEMO_SIZE, seed=7)  # as fit_demo_bundle: the demo line's parts
-    fit_bundle("patchcore", "<brick parts>", out, {"image_size": DEMO_SIZE}, holdout=0.4, progress=False,
-               train=normals, calibration=CalibrationConfig(synthetic_images=1, lam=(0.03,), tau=(0.05,),
-                                                            normal_probes=1))
-    export_to_bundle(load_method(out), out)
-    return out
+# demo_bundle (conftest.py): the demo line's model, fitted once per test run, with its held-out normal scores
 
 
 def demo_frames(n: int, seed: int = 5) -> list[np.ndarray]:
@@ -147,25 +131,26 @@ def write_folder(folder: Path, images) -> Path:
     return folder
 
 
-def drift_of(bundle: Path, folder: Path, capsys) -> float:
-    """`inspectd drift --model BUNDLE --data FOLDER`, as typed; the KS statistic it prints."""
+def drift_of(bundle: Path, folder: Path, capsys) -> tuple[float, str]:
+    """`inspectd drift --model BUNDLE --data FOLDER`, as typed; the KS statistic it prints, and the line."""
     from inspectd.cli import main
 
     assert main(["drift", "--model", str(bundle), "--data", str(folder), "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
-    print(printed)
     match = re.search(r"(no drift|DRIFT): KS ([0-9.]+) \(threshold 0.500", printed)
     assert match and str(folder) in printed, printed
-    return float(match.group(2))
+    return float(match.group(2)), printed.strip()
 
 
 def test_inspectd_drift_sees_brightness_and_blur_shifts_of_the_demo_line_but_not_the_line_itself(
         demo_bundle, tmp_path, capsys):
     frames = demo_frames(80)
     unchanged = drift_of(demo_bundle, write_folder(tmp_path / "line", frames), capsys)
-    brighter = drift_of(demo_bundle, write_folder(tmp_path / "bright", [np.clip(f * 1.3, 0, 1) for f in frames]),
+    # a lamp half as bright again; a camera out of focus
+    brighter = drift_of(demo_bundle, write_folder(tmp_path / "bright", [np.clip(f * 1.5, 0, 1) for f in frames]),
                         capsys)
     blurred = drift_of(demo_bundle, write_folder(tmp_path / "blur", [cv2.GaussianBlur(f, (0, 0), 1.5)
                                                                       for f in frames]), capsys)
-    assert unchanged < 0.5, unchanged
-    assert brighter > 0.5 and blurred > 0.5, (brighter, blurred)
+    print("\n".join(line for _, line in (unchanged, brighter, blurred)))
+    assert unchanged[0] < 0.5, unchanged
+    assert brighter[0] > 0.5 and blurred[0] > 0.5, (brighter, blurred)

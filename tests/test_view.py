@@ -160,3 +160,16 @@ def test_view_tells_systemd_ready_and_pings_the_watchdog(tmp_path):
         thread.join(timeout=10)
         server.close()
     assert not thread.is_alive()
+
+
+def test_a_taken_port_is_one_clear_error(tmp_path):
+    import socket
+
+    from inspectd.errors import ConfigError
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        settings = service_settings(tmp_path, view={"port": taken.getsockname()[1]})
+        with pytest.raises(ConfigError, match=r"view: cannot listen on 127\.0\.0\.1:\d+"):
+            run_view(settings, threading.Event())

@@ -151,9 +151,14 @@ def start_view(settings: Settings, out) -> threading.Event:
 
     stop, ready = threading.Event(), threading.Event()
     view_settings = settings.model_copy(update={"metrics": settings.metrics.model_copy(update={"port": None})})
-    view = threading.Thread(target=run_view, name="view", daemon=True,
-                            args=(view_settings, stop, ServiceMetrics("view")),
-                            kwargs={"ready": ready, "on_url": lambda url: out(f"view: {url} (live results in a browser)")})
+    def serve() -> None:
+        try:
+            run_view(view_settings, stop, ServiceMetrics("view"), ready=ready,
+                     on_url=lambda url: out(f"view: {url} (live results in a browser)"))
+        except InspectdError as exc:
+            log.error("%s; the line runs without it", exc)
+
+    view = threading.Thread(target=serve, name="view", daemon=True)
     view.start()
     deadline = time.monotonic() + 10
     while not ready.wait(0.05) and view.is_alive() and time.monotonic() < deadline:

@@ -32,6 +32,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.routing import Route
 
+from inspectd.errors import ConfigError
 from inspectd.service.masks import frame_size, mask_outlines
 from inspectd.service.messages import MESSAGE_ERROR_KINDS
 from inspectd.service.metrics import ServiceMetrics
@@ -221,7 +222,11 @@ def run_view(settings: Settings, stop_event: threading.Event, metrics: ServiceMe
     subscriber.start()
     announcer.start()
     try:
-        server.run()
+        try:
+            server.run()
+        except SystemExit:  # uvicorn exits when it cannot listen; it has logged why
+            raise ConfigError(f"view: cannot listen on {settings.view.host}:{settings.view.port} (port taken, or "
+                              "not an address of this host; set view.host / view.port)") from None
     finally:
         stop_event.set()
         notifier.stopping()
