@@ -205,7 +205,9 @@ def run_capture(settings: Settings, screen: ScreenFn, stop_event: threading.Even
                 watchdog.maybe_ping()
                 if reload_event.is_set():
                     reload_event.clear()
-                    loop.use(reload_model(loop.screening, reload, metrics, notifier))
+                    reloaded = reload_model(loop.screening, reload, metrics, notifier)
+                    if reloaded is not loop.screening:  # a failed reload keeps the model and its drift window
+                        loop.use(reloaded)
                 if stop_event.is_set():
                     break
                 if frame is None:
