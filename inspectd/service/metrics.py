@@ -10,6 +10,8 @@ import logging
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest, start_http_server
 
+from inspectd.errors import ConfigError
+
 log = logging.getLogger(__name__)
 # screening runs in milliseconds on a GPU, tens of ms on CPU; refinement takes seconds
 SCREENING_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0, 2.5)
@@ -94,7 +96,11 @@ class ServiceMetrics:
 
     def serve(self, host: str, port: int) -> int:
         """Start the /metrics HTTP server in a thread; returns the port (useful with port 0)."""
-        self.server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        try:
+            self.server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        except OSError as exc:  # e.g. another process already serves its metrics on that port
+            raise ConfigError(f"metrics: cannot listen on {host}:{port} ({exc.strerror or exc}; set metrics.port)") \
+                from None
         port = self.server.server_port
         log.info("metrics on http://%s:%d/metrics", host, port)
         return port
