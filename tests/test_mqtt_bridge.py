@@ -128,7 +128,7 @@ def line(tmp_path):
     metrics, stop, ready = ServiceMetrics("bridge"), threading.Event(), threading.Event()
     bridge = start_thread(run_bridge, settings, stop, metrics, ready=ready)
     assert ready.wait(10) and wait_until(lambda: metrics.registry.get_sample_value("inspectd_mqtt_connected") == 1, 10)
-    time.sleep(0.3)  # the zmq subscription reaches the PUB socket
+    time.sleep(0.5)  # the zmq subscription reaches the PUB socket
     yield broker, publisher, listener, metrics, bridge
     stop.set()
     bridge.join(timeout=10)
@@ -219,7 +219,7 @@ def test_overflow_of_the_queue_while_the_broker_is_down_is_counted(tmp_path):
     bridge = start_thread(run_bridge, settings, stop, metrics, ready=ready)
     try:
         assert listener_ready and ready.wait(10)
-        time.sleep(0.3)
+        time.sleep(0.5)
         for i in range(8):
             publisher.send(result_message("cam1", i)[0])
         assert wait_until(lambda: value(metrics, "inspectd_results_received_total", camera="cam1") == 8, 10)

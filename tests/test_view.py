@@ -61,7 +61,7 @@ def view(tmp_path):
                               kwargs={"ready": ready, "on_url": urls.append}, daemon=True)
     thread.start()
     assert ready.wait(15)
-    time.sleep(0.3)  # the zmq subscription reaches the PUB socket
+    time.sleep(0.5)  # the zmq subscription reaches the PUB socket
     yield urls[0], publisher, metrics, thread
     stop.set()
     thread.join(timeout=10)
