@@ -44,6 +44,7 @@ from inspectd.service.settings import MqttSettings, Settings
 from inspectd.service.watch import results
 
 log = logging.getLogger(__name__)
+PROGRESS_EVERY_S = 60.0  # a progress line in the log at most this often
 
 
 @dataclass
@@ -244,7 +245,7 @@ def run_bridge(settings: Settings, stop_event: threading.Event, metrics: Service
     serving = settings.metrics.port is not None
     if serving:
         metrics.serve(settings.metrics.host, settings.metrics.port)
-    counts = {"results": 0}
+    counts, last_progress = {"results": 0}, time.monotonic()
     watchdog_interval, last_ping = notifier.watchdog_interval(), [0.0]
 
     def tick() -> None:  # every 100 ms from the subscriber loop
@@ -263,6 +264,10 @@ def run_bridge(settings: Settings, stop_event: threading.Event, metrics: Service
             for message in mqtt_messages(result, mask, settings.mqtt):
                 publisher.put(message)
             counts["results"] += 1
+            if time.monotonic() - last_progress >= PROGRESS_EVERY_S:
+                log.info("MQTT bridge: %d result(s) so far, %d message(s) waiting for the broker", counts["results"],
+                         len(publisher.queue) + len(publisher.unacked))
+                last_progress = time.monotonic()
     finally:
         notifier.stopping()
         publisher.stop()

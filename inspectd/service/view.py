@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 PAGE = Path(__file__).with_name("view.html")
 CLIENT_QUEUE = 64  # events a browser may lag behind before it is dropped (it reconnects)
 COUNTS_EVERY_S = 5.0
-KEEPALIVE_S = 15.0
+PROGRESS_EVERY_S = 60.0  # a progress line in the log at most this often
 DEFECT_FIELDS = ("area_px", "area_mm2", "bbox", "centroid", "orientation_deg", "major_axis_px", "minor_axis_px",
                  "major_axis_mm", "minor_axis_mm", "mean_score", "max_score")
 
@@ -178,12 +178,17 @@ def make_app(hub: Hub) -> Starlette:
 def subscribe(settings: Settings, stop: threading.Event, hub: Hub, metrics: ServiceMetrics, tick,
               ready: threading.Event) -> None:
     """The subscriber thread: every result into the state and out to the browsers."""
+    seen, last_progress = 0, time.monotonic()
     for result, mask in results(settings, stop, ready=ready, tick=tick,
                                 on_bad=lambda kind: metrics.bad_inputs.labels(kind).inc()):
         metrics.results_received.labels(result["camera"]).inc()
         card = result_card(result, mask)
         hub.state.add(card, time.time())
         hub.publish("result", {"card": card, "counts": hub.state.counts(time.time())})
+        seen += 1
+        if time.monotonic() - last_progress >= PROGRESS_EVERY_S:
+            log.info("view: %d result(s) so far, %d browser(s) watching", seen, len(hub.clients))
+            last_progress = time.monotonic()
 
 
 def view_url(host: str, port: int) -> str:
