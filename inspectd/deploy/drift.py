@@ -93,6 +93,7 @@ class DriftMonitor:
 
 def format_reading(reading: DriftReading, alarm: float) -> str:
     verdict = "DRIFT" if reading.statistic > alarm else "no drift"
+    median = f"{reading.median:.4g}" if reading.normal_looking else "none (every frame flagged)"
     return (f"{verdict}: KS {reading.statistic:.3f} (threshold {alarm:.3f}, p {reading.p_value:.3g}) over "
             f"{reading.frames} frame(s), {reading.normal_looking} normal-looking; median score "
-            f"{reading.median:.4g} vs {reading.reference_median:.4g} at calibration")
+            f"{median} vs {reading.reference_median:.4g} at calibration")
