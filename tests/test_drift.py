@@ -3,6 +3,7 @@ the demo line with the real model (ONNX screening of a fitted demo bundle)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import threading
@@ -154,3 +155,27 @@ def test_inspectd_drift_sees_brightness_and_blur_shifts_of_the_demo_line_but_not
     print("\n".join(line for _, line in (unchanged, brighter, blurred)))
     assert unchanged[0] < 0.5, unchanged
     assert brighter[0] > 0.5 and blurred[0] > 0.5, (brighter, blurred)
+
+
+# --- the reference in the bundle -----------------------------------------------------------------------
+def test_fit_keeps_the_held_out_normal_scores_in_the_bundle(demo_bundle):
+    from inspectd.bundle import load_calibration, load_normal_scores
+
+    scores = load_normal_scores(demo_bundle)
+    calibration = load_calibration(demo_bundle)
+    fit = json.loads((demo_bundle / "fit.json").read_text())
+    assert scores is not None and len(scores) == fit["n_holdout"] == calibration["evidence"]["n_holdout"]
+    assert scores.max() == pytest.approx(calibration["evidence"]["normal_scores"]["max"], rel=1e-5)
+
+
+def test_reference_missing_or_malformed(tmp_path):
+    from inspectd.bundle import load_normal_scores
+    from inspectd.bundle.assets import CALIBRATION_VERSION
+    from inspectd.errors import BundleError
+
+    (tmp_path / "calibration.json").write_text(json.dumps({"version": CALIBRATION_VERSION, "chain": {}}))
+    assert load_normal_scores(tmp_path) is None  # fitted before the scores were kept: drift off
+    (tmp_path / "calibration.json").write_text(json.dumps({"version": CALIBRATION_VERSION,
+                                                           "drift_reference": {"normal_scores": [1.0, "x"]}}))
+    with pytest.raises(BundleError, match="drift_reference.normal_scores"):
+        load_normal_scores(tmp_path)

@@ -72,7 +72,10 @@ def load_normal_scores(bundle_dir: str | Path) -> np.ndarray | None:
     scores = (calibration or {}).get("drift_reference", {}).get("normal_scores")
     if not scores:
         return None
-    values = np.asarray(scores, np.float64)
+    try:
+        values = np.asarray(scores, np.float64)
+    except (TypeError, ValueError):
+        values = np.array([np.nan])
     if values.ndim != 1 or not np.isfinite(values).all():
         raise BundleError(f"{Path(bundle_dir) / CALIBRATION_FILE}: drift_reference.normal_scores is not a list of "
                           "finite numbers")
