@@ -79,3 +79,15 @@ def fitted_extra(normals):
         m.fit(normals, progress=False)
         methods[name] = m
     return methods
+
+
+DEMO_SIZE = 96
+
+
+@pytest.fixture(scope="session")
+def demo_bundle(tmp_path_factory) -> Path:
+    """The demo line's model (configs/demo.yaml's PatchCore on brick parts, at 96 px), fitted,
+    calibrated and exported once per test run."""
+    from inspectd.bundle.demo import fit_demo_bundle
+
+    return fit_demo_bundle(tmp_path_factory.mktemp("models") / "demo", "brick", DEMO_SIZE)

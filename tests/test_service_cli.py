@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 
 import zmq.auth
 
@@ -30,8 +31,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def test_commands_are_mounted():
-    for command in ("capture", "refine", "run", "watch"):
-        args = parser().parse_args([command, "--settings", "x.yaml"])
+    for command in ("capture", "refine", "run", "watch", "view", "bridge mqtt"):
+        args = parser().parse_args([*command.split(), "--settings", "x.yaml"])
         assert args.settings == "x.yaml" and callable(args.func)
 
 
@@ -57,3 +58,4 @@ def test_run_prints_each_published_defect_with_geometry(tmp_path):
     defect_lines = [line for line in lines if " defect 1/" in line]
     assert len(defect_lines) == summary["flagged"]
     assert all("area" in line and "orientation" in line and "centroid" in line for line in defect_lines)
+    assert any(re.fullmatch(r"view: http://127\.0\.0\.1:\d+/ \(live results in a browser\)", line) for line in lines)

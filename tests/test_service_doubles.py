@@ -82,6 +82,7 @@ def service_settings(tmp_path: Path, **over) -> Settings:
                       "pub_grace_s": 0.5},
         "spool": {"dir": str(tmp_path / "spool"), "ack_timeout_s": 1.0},
         "metrics": {"port": None},
+        "view": {"port": 0},  # `inspectd run` serves the live view: on any free port
     }
     for key, value in over.items():
         base[key] = {**base[key], **value} if isinstance(value, dict) and isinstance(base.get(key), dict) else value

@@ -3,16 +3,16 @@
 import numpy as np
 import pytest
 
-from conftest import paste_square, texture_crops
+from conftest import DEMO_SIZE, paste_square, texture_crops
 from inspectd.errors import BundleError
 from inspectd.service.models import build_refiner, build_screener
 from inspectd.service.settings import load_settings
 
 
 @pytest.fixture(scope="module")
-def demo_settings(tmp_path_factory, monkeypatch_module):
-    bundle = tmp_path_factory.mktemp("models") / "demo"
-    monkeypatch_module.setenv("INSPECTD_CAPTURE__SIZE", "96")
+def demo_settings(demo_bundle, monkeypatch_module):
+    bundle = demo_bundle  # shared with tests/test_drift.py (conftest.py)
+    monkeypatch_module.setenv("INSPECTD_CAPTURE__SIZE", str(DEMO_SIZE))
     monkeypatch_module.setenv("INSPECTD_SCREENING__MODEL", str(bundle))
     monkeypatch_module.setenv("INSPECTD_REFINER__MODEL", str(bundle))
     monkeypatch_module.setenv("INSPECTD_REFINER__DEVICE", "cpu")

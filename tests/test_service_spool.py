@@ -108,3 +108,19 @@ def test_entry_format_round_trip(tmp_path):
     spool = make(tmp_path)
     spool.put("f", [b"", b"a", bytes(range(256))])
     assert read_entry(spool.entries["f"].path) == [b"", b"a", bytes(range(256))]
+
+
+def test_oldest_age_follows_the_oldest_waiting_frame_across_a_restart(tmp_path):
+    import os
+    import time
+
+    spool = make(tmp_path)
+    assert spool.oldest_age(time.time()) == 0.0  # nothing waits
+    spool.put("f1", PARTS)
+    spool.put("f2", PARTS)
+    now = time.time()
+    assert 100.0 <= spool.oldest_age(now + 100.0) < 101.0
+    spool.ack("f1")
+    first = next(iter(spool.entries.values()))
+    os.utime(first.path, (now - 600, now - 600))  # as if spooled ten minutes before a restart
+    assert 600.0 <= make(tmp_path).oldest_age(now) < 601.0

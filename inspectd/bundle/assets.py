@@ -63,3 +63,20 @@ def load_calibration(bundle_dir: str | Path) -> dict | None:
     if version != CALIBRATION_VERSION:
         raise BundleError(f"{path}: calibration version {version}, this inspectd reads {CALIBRATION_VERSION}")
     return calibration
+
+
+def load_normal_scores(bundle_dir: str | Path) -> np.ndarray | None:
+    """The held-out normal images' screening scores saved at fit (the drift reference), or None
+    for a bundle fitted before they were saved."""
+    calibration = load_calibration(bundle_dir)
+    scores = (calibration or {}).get("drift_reference", {}).get("normal_scores")
+    if not scores:
+        return None
+    try:
+        values = np.asarray(scores, np.float64)
+    except (TypeError, ValueError):
+        values = np.array([np.nan])
+    if values.ndim != 1 or not np.isfinite(values).all():
+        raise BundleError(f"{Path(bundle_dir) / CALIBRATION_FILE}: drift_reference.normal_scores is not a list of "
+                          "finite numbers")
+    return values

@@ -19,6 +19,8 @@ saved in the bundle (calibration.json), so `inspectd fit` alone gives a deployab
   see (contrast raised only until half of it is flagged); labelled real defects, when given,
   count as much as all the synthetic ones together.
 - min_defect_area_px: larger than what F2PAD leaves on the highest-scoring normal images.
+- drift reference: the held-out normal images' screening scores, kept so the running line can
+  tell when its normal parts stop scoring like them (inspectd/deploy/drift.py).
 """
 
 from __future__ import annotations
@@ -87,6 +89,8 @@ def calibrate_chain(method, prior, fit_images: np.ndarray, holdout: np.ndarray, 
         "version": CALIBRATION_VERSION,
         "chain": {"screen_threshold": threshold, "pixel_threshold": threshold, "min_defect_area_px": min_area,
                   "f2pad": f2pad_chosen},
+        # what normal frames score: the capture's drift monitor compares a line's recent scores with these
+        "drift_reference": {"normal_scores": [round(float(v), 6) for v in scores]},
         "evidence": {
             "config": asdict(c), "n_holdout": int(len(holdout)),
             "normal_scores": {"median": float(np.median(scores)), "max": float(scores.max())},

@@ -30,6 +30,7 @@ import numpy as np
 import zmq
 
 from inspectd.data.images import DEFAULT_MAX_PIXELS
+from inspectd.deploy.drift import DriftMonitor
 from inspectd.deploy.inspector import ChainSettings, coarse_threshold
 from inspectd.deploy.native import flagged_regions
 from inspectd.errors import ConfigError
@@ -61,6 +62,8 @@ class Screening:
     model_id: str = "unknown"
     # the bundle's chain settings: with them, flagged frames carry their regions in native pixels
     chain: ChainSettings | None = None
+    normal_scores: np.ndarray | None = None  # the bundle's held-out normal scores (drift reference)
+    image_size: int | None = None  # the square frame size the model screens (None: any)
 
 
 class FrameSender(threading.Thread):
@@ -115,6 +118,7 @@ class FrameSender(threading.Thread):
         self.send_due(time.time())
         self.metrics.spool_frames.set(len(self.spool))
         self.metrics.spool_bytes.set(self.spool.bytes)
+        self.metrics.spool_oldest_age.set(self.spool.oldest_age(time.time()))
         self.metrics.spool_writable.set(int(self.spool.disk_ok))
         self.metrics.reconnects.inc(len(reconnector.check()))
 
@@ -193,10 +197,17 @@ class CaptureLoop:
     """The main loop's state: settings, current model, spool and counters."""
 
     def __init__(self, settings: Settings, screening: Screening, metrics: ServiceMetrics, spool: Spool):
-        self.settings, self.screening = settings, screening
-        self.metrics, self.spool = metrics, spool
+        self.settings, self.metrics, self.spool = settings, metrics, spool
         self.camera = settings.camera_id
         self.counts = {"frames": 0, "flagged": 0, "spooled": 0}
+        self.use(screening)
+
+    def use(self, screening: Screening) -> None:
+        """Screen with this model from now on; the drift monitor starts afresh with its reference."""
+        self.screening = screening
+        self.drift = drift_monitor(self.settings, screening)
+        if self.drift is not None:
+            self.metrics.score_drift_threshold.labels(self.camera).set(self.settings.drift.threshold)
 
     def handle(self, frame: Frame) -> bool:
         """Screen one frame; spool it when flagged. True when it was flagged."""
@@ -227,6 +238,8 @@ class CaptureLoop:
             return False
         m.screening_latency.observe(time.perf_counter() - started)
         m.frames_screened.labels(self.camera).inc()
+        if self.drift is not None and (reading := self.drift.add(float(score))) is not None:
+            m.score_drift.labels(self.camera).set(reading.statistic)
         if not float(score) > self.screening.threshold:
             return False
         m.frames_flagged.labels(self.camera).inc()
@@ -254,7 +267,7 @@ class CaptureLoop:
 
 
 def run_capture(settings: Settings, screen: ScreenFn, stop_event: threading.Event, *,
-                threshold: float | None = None, model_id: str = "unknown",
+                threshold: float | None = None, model_id: str = "unknown", normal_scores: np.ndarray | None = None,
                 reload: Callable[[], Screening] | None = None, reload_event: threading.Event | None = None,
                 frames: Iterator[Frame | None] | None = None, metrics: ServiceMetrics | None = None,
                 notifier: Notifier | None = None, on_frame: Callable[[Frame, bool], None] | None = None,
@@ -262,6 +275,7 @@ def run_capture(settings: Settings, screen: ScreenFn, stop_event: threading.Even
     """Run until the source ends and every flagged frame is acked, or until stop_event.
 
     `threshold` is the model's image threshold; settings.screening.threshold overrides it.
+    `normal_scores` (the bundle's held-out normal scores) turn the drift monitor on.
     `reload` is called after SIGHUP (or when reload_event is set) between two frames.
     `frames` replaces the configured source; `on_frame(frame, flagged)` observes each frame.
     `chain` (the screening bundle's ChainSettings) makes flagged frames carry their regions.
@@ -288,7 +302,7 @@ def run_capture(settings: Settings, screen: ScreenFn, stop_event: threading.Even
     except BaseException:  # e.g. the port is taken: release the context and the authenticator thread
         transport.close()
         raise
-    loop = CaptureLoop(settings, Screening(screen, float(threshold), model_id, chain), metrics, spool)
+    loop = CaptureLoop(settings, Screening(screen, float(threshold), model_id, chain, normal_scores), metrics, spool)
     source = frames if frames is not None else open_source(
         settings.capture, settings.camera_id, stop_event, lambda reason: metrics.source_errors.labels(reason).inc(),
         journal=folder_journal_path(settings))
@@ -308,7 +322,9 @@ def run_capture(settings: Settings, screen: ScreenFn, stop_event: threading.Even
                 watchdog.maybe_ping()
                 if reload_event.is_set():
                     reload_event.clear()
-                    loop.screening = reload_model(loop.screening, reload, metrics, notifier)
+                    reloaded = reload_model(loop.screening, reload, metrics, notifier)
+                    if reloaded is not loop.screening:  # a failed reload keeps the model and its drift window
+                        loop.use(reloaded)
                 if stop_event.is_set():
                     break
                 if frame is None:
@@ -326,6 +342,18 @@ def run_capture(settings: Settings, screen: ScreenFn, stop_event: threading.Even
             metrics.stop()
         log.info("capture %s stopped: %s; %d frame(s) kept in the spool", settings.camera_id, loop.counts, len(spool))
     return {**loop.counts, "unacked": len(spool)}
+
+
+def drift_monitor(settings: Settings, screening: Screening) -> DriftMonitor | None:
+    d = settings.drift
+    if not d.enabled:
+        return None
+    if screening.normal_scores is None or len(screening.normal_scores) == 0:
+        log.info("drift monitor off: model %s has no held-out normal scores (bundle fitted before they were "
+                 "saved; refit with `inspectd fit` to turn it on)", screening.model_id)
+        return None
+    return DriftMonitor(screening.normal_scores, screening.threshold, d.window, d.min_frames, d.every, d.threshold,
+                        settings.camera_id)
 
 
 def open_spool(settings: Settings, metrics: ServiceMetrics) -> Spool:

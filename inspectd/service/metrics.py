@@ -10,6 +10,8 @@ import logging
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest, start_http_server
 
+from inspectd.errors import ConfigError
+
 log = logging.getLogger(__name__)
 # screening runs in milliseconds on a GPU, tens of ms on CPU; refinement takes seconds
 SCREENING_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0, 2.5)
@@ -39,6 +41,8 @@ class ServiceMetrics:
                                             buckets=REFINEMENT_BUCKETS, registry=r)
         self.spool_frames = Gauge("inspectd_spool_frames", "Flagged frames waiting for their result", registry=r)
         self.spool_bytes = Gauge("inspectd_spool_bytes", "Bytes of frames waiting for their result", registry=r)
+        self.spool_oldest_age = Gauge("inspectd_spool_oldest_age_seconds",
+                                      "Age of the oldest frame waiting for its result (0: none waiting)", registry=r)
         self.resends = Counter("inspectd_resends_total", "Frames sent again after ack_timeout_s", registry=r)
         self.acks = Counter("inspectd_acks_total", "Spooled frames whose result was seen", registry=r)
         self.drops = Counter("inspectd_drops_total", "Frames dropped, by reason", ["reason"], registry=r)
@@ -67,6 +71,26 @@ class ServiceMetrics:
                                     "read-only disk)", registry=r)
         self.handshake_failures = Counter("inspectd_handshake_failures_total", "ZeroMQ handshakes that failed "
                                           "(e.g. an unknown CURVE key), by socket", ["socket"], registry=r)
+        # score drift of the screening scores against the bundle's normal scores (capture)
+        self.score_drift = Gauge("inspectd_score_drift", "KS statistic of the last window of screening scores "
+                                 "against the bundle's held-out normal scores (0: same, 1: disjoint)", ["camera"],
+                                 registry=r)
+        self.score_drift_threshold = Gauge("inspectd_score_drift_threshold", "drift.threshold: above it the "
+                                           "capture logs (and the alert fires)", ["camera"], registry=r)
+        # result subscribers: `inspectd view` and `inspectd bridge mqtt`
+        self.results_received = Counter("inspectd_results_received_total", "Results a subscriber took in",
+                                        ["camera"], registry=r)
+        self.mqtt_published = Counter("inspectd_mqtt_published_total", "Results the MQTT broker acknowledged",
+                                      ["camera"], registry=r)
+        self.mqtt_queue = Gauge("inspectd_mqtt_queue_messages", "Results waiting for the MQTT broker", registry=r)
+        self.mqtt_dropped = Counter("inspectd_mqtt_dropped_total", "Results dropped because the bridge's queue "
+                                    "was full (broker down too long)", registry=r)
+        self.mqtt_connected = Gauge("inspectd_mqtt_connected", "1 while the bridge is connected to the broker",
+                                    registry=r)
+        self.mqtt_connect_failures = Counter("inspectd_mqtt_connect_failures_total", "Broker connections refused "
+                                             "or lost, by reason", ["reason"], registry=r)
+        self.view_clients = Gauge("inspectd_view_clients", "Browsers connected to the live view", registry=r)
+        self.view_disconnects = Counter("inspectd_view_disconnects_total", "Browsers that went away", registry=r)
         self.server = None
 
     def init_series(self, camera: str | None, drop_reasons=(), bad_input_kinds=()) -> None:
@@ -85,7 +109,11 @@ class ServiceMetrics:
 
     def serve(self, host: str, port: int) -> int:
         """Start the /metrics HTTP server in a thread; returns the port (useful with port 0)."""
-        self.server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        try:
+            self.server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        except OSError as exc:  # e.g. another process already serves its metrics on that port
+            raise ConfigError(f"metrics: cannot listen on {host}:{port} ({exc.strerror or exc}; set metrics.port)") \
+                from None
         port = self.server.server_port
         log.info("metrics on http://%s:%d/metrics", host, port)
         return port

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from inspectd.bundle import export_to_bundle, load_calibration
+from inspectd.bundle import export_to_bundle, load_calibration, load_normal_scores
 from inspectd.bundle.demo import fit_demo_bundle
 from inspectd.deploy import ChainSettings, Inspector
 from inspectd.deploy.native import NativeChain, downscale
@@ -89,7 +89,8 @@ def load_screener(settings: Settings, bundle: Path) -> Screening:
 
     log.info("screening with %s on %s at %d px, threshold %.4f", bundle.name, screener.provider, screener.size,
              chain.screen_threshold)
-    return Screening(screen=screen, threshold=chain.screen_threshold, model_id=screener.model_id, chain=chain)
+    return Screening(screen=screen, threshold=chain.screen_threshold, model_id=screener.model_id, chain=chain,
+                     normal_scores=load_normal_scores(bundle), image_size=screener.size)
 
 
 def build_refiner(settings: Settings) -> Refinement:

@@ -159,6 +159,46 @@ class SpoolSettings(Section):
     dead_letter_dir: Path | None = None  # frames the refiners gave up on (None: `<dir>-dead-letter` beside it)
 
 
+class DriftSettings(Section):
+    """The capture's score-drift monitor (inspectd/deploy/drift.py): the last `window` screening
+    scores against the bundle's held-out normal scores, a KS statistic every `every` frames."""
+
+    enabled: bool = True
+    window: int = Field(200, ge=10)
+    min_frames: int = Field(50, ge=5)  # no reading before this many frames
+    every: int = Field(10, ge=1)
+    threshold: float = Field(0.5, gt=0, le=1)  # KS statistic above which the capture logs (and alerts fire)
+
+
+class MqttSettings(Section):
+    """`inspectd bridge mqtt`: where results are republished (topic layout in docs/messages.md)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(1883, ge=1, le=65535)
+    client_id: str = Field("inspectd-bridge", pattern=NAME_PATTERN)
+    username: str | None = None
+    password_file: Path | None = None  # a file holding the password, so it stays out of the settings
+    tls_ca: Path | None = None  # CA certificate: TLS to the broker
+    topic_prefix: str = Field("inspectd", pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")  # no wildcards
+    qos: Literal[0, 1, 2] = 1
+    retain: bool = True  # the broker keeps each camera's last result for subscribers that connect later
+    mask: Literal["topic", "base64", "none"] = "topic"  # PNG on <prefix>/<camera>/mask, or inside the JSON
+    queue_max: int = Field(1000, ge=1)  # results held while the broker is away; beyond: oldest dropped, counted
+    max_inflight: int = Field(20, ge=1)  # published, not yet acknowledged by the broker
+    keepalive_s: int = Field(30, ge=5)
+    reconnect_min_s: float = Field(0.5, gt=0)
+    reconnect_max_s: float = Field(30.0, gt=0)
+
+
+class ViewSettings(Section):
+    """`inspectd view`: the live web page of results."""
+
+    host: str = "127.0.0.1"  # bind a LAN address only behind a trusted network or a reverse proxy
+    port: int = Field(8090, ge=0, le=65535)
+    last_n: int = Field(12, ge=1, le=200)  # results kept and shown per camera
+    in_run: bool = True  # `inspectd run` (make run) serves the view too and prints its URL
+
+
 class MetricsSettings(Section):
     host: str = "127.0.0.1"
     port: int | None = Field(9108, ge=0, le=65535)  # None: no HTTP endpoint; 0: any free port
@@ -174,6 +214,9 @@ class Settings(BaseSettings):
     refiner: RefinerSettings = RefinerSettings()
     transport: TransportSettings = TransportSettings()
     spool: SpoolSettings = SpoolSettings()
+    drift: DriftSettings = DriftSettings()
+    mqtt: MqttSettings = MqttSettings()
+    view: ViewSettings = ViewSettings()
     metrics: MetricsSettings = MetricsSettings()
 
     @classmethod

@@ -48,6 +48,7 @@ class Entry:
     frame_id: str
     path: Path
     size: int
+    spooled_at: float = 0.0  # when it was written (the file's mtime after a restart)
     sent_at: float | None = None  # None: not yet sent since it was spooled or reloaded
     attempts: int = 0
     token: str = ""  # the frame's ack_token: only a result echoing it acks the frame
@@ -109,6 +110,12 @@ class Spool:
     def timeout_for(self, attempts: int) -> float:
         return self.ack_timeout_s * min(2 ** max(attempts - 1, 0), MAX_BACKOFF)
 
+    def oldest_age(self, now: float) -> float:
+        """Seconds the oldest waiting frame has waited for its result; 0 when none waits."""
+        with self.lock:
+            oldest = next(iter(self.entries.values()), None)
+        return max(0.0, now - oldest.spooled_at) if oldest is not None else 0.0
+
     def load(self, frame_id: str) -> list[bytes] | None:
         """The spooled message parts, or None when the frame is gone (acked or dropped)."""
         with self.lock:
@@ -134,7 +141,7 @@ class Spool:
             path = self.dir / f"{self.sequence:020d}_{frame_id}{SUFFIX}"
             if not self._write(path, parts, frame_id):
                 return False
-            self.entries[frame_id] = Entry(frame_id, path, size, token=token)
+            self.entries[frame_id] = Entry(frame_id, path, size, token=token, spooled_at=time.time())
             self.bytes += size
             return True
 
@@ -278,7 +285,8 @@ class Spool:
                 path.unlink(missing_ok=True)
                 self.on_drop("spool_corrupt", frame_id or path.name)
                 continue
-            self.entries[frame_id] = Entry(frame_id, path, sum(len(p) for p in parts), token=ack_token_of(parts))
+            self.entries[frame_id] = Entry(frame_id, path, sum(len(p) for p in parts), token=ack_token_of(parts),
+                                           spooled_at=path.stat().st_mtime)
             self.bytes += self.entries[frame_id].size
             self.sequence = max(self.sequence, int(sequence))
         if self.entries:

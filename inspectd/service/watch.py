@@ -23,13 +23,13 @@ log = logging.getLogger(__name__)
 
 def results(settings: Settings, stop_event: threading.Event, camera: str | None = None,
             timeout_s: float | None = None, ready: threading.Event | None = None,
-            connect_wait_s: float = 5.0, on_bad: Callable[[str], None] | None = None
-            ) -> Iterator[tuple[dict, np.ndarray]]:
+            connect_wait_s: float = 5.0, on_bad: Callable[[str], None] | None = None,
+            tick: Callable[[], None] | None = None) -> Iterator[tuple[dict, np.ndarray]]:
     """(result, mask) for each frame once (resends are de-duplicated), until stop or timeout.
 
     PUB/SUB drops what is published before a subscriber is connected, so this first waits up
-    to connect_wait_s for every refiner's handshake, then sets `ready`. A bad message is
-    logged, passed to on_bad(kind) and skipped.
+    to connect_wait_s for every refiner's handshake, then sets `ready`. A bad message is logged,
+    passed to `on_bad(kind)` (a metric) and skipped; `tick()` runs every 100 ms (a watchdog).
     """
     transport = Transport(settings.transport)
     topic = topic_for(camera) if camera else TOPIC_PREFIX
@@ -42,6 +42,8 @@ def results(settings: Settings, stop_event: threading.Event, camera: str | None 
     try:
         while not stop_event.is_set() and (deadline is None or time.monotonic() < deadline):
             reconnector.check()
+            if tick is not None:
+                tick()
             if not sub.poll(100, zmq.POLLIN):
                 continue
             while (parts := recv_multipart_nowait(sub)) is not None:
