@@ -90,7 +90,7 @@ class RefinerLoop:
         except Exception as exc:  # e.g. a result that cannot be encoded: still answer, with the reason
             log.error("frame %s: no result could be published (%s); publishing an error result",
                       header["frame_id"], exc)
-            result, mask = self.error_result(header, image.shape[:2], f"result not publishable: {exc}"), None
+            result = self.error_result(header, f"result not publishable: {exc}")
             self.publish(result, np.zeros(image.shape[:2], bool))
         return result
 
@@ -112,7 +112,7 @@ class RefinerLoop:
                 self.metrics.refinement_failures.inc()
                 error = f"refinement failed {attempts} time(s): {exc}"
         else:
-            return self.error_result(header, image.shape[:2], error), np.zeros(image.shape[:2], bool)
+            return self.error_result(header, error), np.zeros(image.shape[:2], bool)
         seconds = time.perf_counter() - started
         self.metrics.refinement_latency.observe(seconds)
         result = self.base_result(header, decision, defects)
@@ -130,7 +130,7 @@ class RefinerLoop:
             "model_id": self.refinement.model_id, "screening_model_id": header["model_id"],
         }
 
-    def error_result(self, header: dict, shape: tuple[int, int], error: str) -> dict:
+    def error_result(self, header: dict, error: str) -> dict:
         result = self.base_result(header, "error", [])
         result["error"] = error[:500]
         return result
