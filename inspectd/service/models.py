@@ -59,8 +59,10 @@ def loaded(bundle: Path, role: str, load):
     turned into one BundleError line naming the bundle: refused at start, the old model kept on SIGHUP."""
     try:
         return load()
-    except InspectdError:
-        raise
+    except InspectdError as exc:
+        if "\n" not in str(exc):
+            raise
+        raise BundleError(" ".join(str(exc).split())[:500]) from None  # e.g. torch.load's many-line message
     except Exception as exc:
         detail = " ".join(str(exc).split())[:300]
         raise BundleError(f"{bundle}: cannot load the {role} model ({type(exc).__name__}: {detail})") from None

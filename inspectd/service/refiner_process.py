@@ -104,7 +104,7 @@ class RefinerLoop:
         except Exception as exc:  # e.g. a result that cannot be encoded: still answer, with the reason
             log.error("frame %s: no result could be published (%s); publishing an error result",
                       header["frame_id"], exc)
-            result = self.error_result(header, image.shape[:2], f"result not publishable: {exc}")
+            result = self.error_result(header, f"result not publishable: {exc}")
             self.publish(result, CroppedMask(*image.shape[:2], []))
         return result
 
@@ -122,7 +122,7 @@ class RefinerLoop:
                 self.metrics.refinement_failures.inc()
                 error = f"refinement failed {attempts} time(s): {exc}"
         else:
-            return self.error_result(header, image.shape[:2], error), CroppedMask(*image.shape[:2], [])
+            return self.error_result(header, error), CroppedMask(*image.shape[:2], [])
         seconds = time.perf_counter() - started
         self.metrics.refinement_latency.observe(seconds)
         stats = refined.stats
@@ -144,7 +144,7 @@ class RefinerLoop:
             result["ack_token"] = header["ack_token"]  # proves to the capture that this refiner holds the frame
         return result
 
-    def error_result(self, header: dict, shape: tuple[int, int], error: str) -> dict:
+    def error_result(self, header: dict, error: str) -> dict:
         result = self.base_result(header, "error", [])
         result["error"] = error[:500]
         return result
