@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import numpy as np
 import zmq
@@ -24,7 +25,7 @@ from inspectd.service.transport import Transport
 
 from test_service_doubles import (ColourAxisScreenerDouble, ThresholdRefinerDouble, service_settings, start_thread,
                                   wait_until)
-from test_service_pipeline import RawSubscriber, frame_parts
+from test_service_pipeline import RawSubscriber, curve_settings, frame_parts  # noqa: F401 (a fixture)
 
 
 def forged_result(frame_id: str, **over) -> list[bytes]:
@@ -116,3 +117,27 @@ def test_spool_acks_only_with_the_frames_token_across_restarts(tmp_path):
     assert not spool.ack("f1") and not spool.ack("f1", "d" * 32) and "f1" in spool
     reopened = Spool(tmp_path / "spool", 10, 10**6, 5.0)  # the token comes back with the frame
     assert not reopened.ack("f1", "d" * 32) and reopened.ack("f1", "c" * 32) and len(reopened) == 0
+
+
+def test_with_curve_on_a_forger_cannot_even_deliver_a_result(curve_settings):
+    """CURVE on: the capture only completes a handshake with a server holding the refiner's key,
+    so a forger bound on the refiner's port (the refiner is down) never gets a result through."""
+    settings = curve_settings["capture"]
+    settings = settings.model_copy(update={"capture": settings.capture.model_copy(update={"max_frames": 8})})
+    stop, metrics, screen = threading.Event(), ServiceMetrics("capture"), ColourAxisScreenerDouble()
+    start_thread(run_capture, settings, screen, stop, threshold=screen.threshold, metrics=metrics)
+    forger = Transport(curve_settings["intruder_of_capture"].transport)  # its own keys, not the refiner's
+    try:
+        assert wait_until(lambda: metrics.frames_captured.labels("testcam")._value.get() == 8, 30)
+        victims = spooled_ids(settings)
+        assert victims
+        pub = forger.bind(zmq.XPUB, settings.transport.results_bind)
+        assert not pub.poll(3000)  # no subscription: the capture refused the handshake
+        for frame_id in victims * 20:
+            pub.send_multipart(forged_result(frame_id))
+        time.sleep(1.0)
+        assert spooled_ids(settings) == victims and metrics.acks._value.get() == 0
+        assert sum(metrics.bad_inputs.labels(k)._value.get() for k in ("malformed", "bad_ack_token")) == 0
+    finally:
+        stop.set()
+        forger.close()

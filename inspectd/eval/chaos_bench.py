@@ -123,7 +123,7 @@ class Line:
 
     def bad_inputs(self, role: str) -> collections.Counter:
         samples = self.scrape(role) or {}
-        return collections.Counter({key.split('kind="')[1].rstrip('"}'): value for key, value in samples.items()
+        return collections.Counter({key.split('kind="')[1].rstrip('"}'): int(value) for key, value in samples.items()
                                     if key.startswith("inspectd_bad_inputs_total{")})
 
     def peak_rss_mb(self, role: str) -> tuple[float, float]:
