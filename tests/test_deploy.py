@@ -92,12 +92,14 @@ def test_the_daemon_s_refiner_gives_the_chain_s_result(bundle, monkeypatch):
     monkeypatch.setenv("INSPECTD_CAPTURE__SIZE", str(SIZE))
     monkeypatch.setenv("INSPECTD_REFINER__MODEL", str(bundle))
     monkeypatch.setenv("INSPECTD_REFINER__DEVICE", "cpu")
-    refinement = build_refiner(load_settings())
+    settings = load_settings()
+    refinement = build_refiner(settings)
     part = texture_crops(n=1, size=SIZE, seed=79)[0]
     defective, _ = subtle_stain(part, 30, 60, 8)
-    mask, coarse, _ = refinement.refine(defective, {"frame_id": "x", "score": 1.0})
-    inspection = Inspector.from_bundle(bundle, device="cpu").inspect(defective)
-    assert np.array_equal(mask, inspection.mask) and np.allclose(coarse, inspection.coarse_map)
+    refined = refinement.refine(defective, {"frame_id": "x", "score": 1.0})
+    inspection = Inspector.from_bundle(bundle, device="cpu").inspect(defective, settings.px_per_mm)
+    assert refined.decision == inspection.decision and refined.defects == inspection.defects
+    assert np.array_equal(refined.mask.full(), inspection.mask)
     assert refinement.min_area_px == load_calibration(bundle)["chain"]["min_defect_area_px"]
 
 
