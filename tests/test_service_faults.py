@@ -392,7 +392,7 @@ def test_refiner_deaths_on_one_frame_are_counted_up_to_max_attempts(tmp_path):
                 stop.wait(0.5)  # silent: this incarnation is dead
                 incarnation[0] += 1
                 continue
-            pub.send_multipart(ok_result(header["frame_id"]))
+            pub.send_multipart(ok_result(header))
 
     thread = start_thread(fake_refiner)
     started = time.monotonic()
@@ -410,10 +410,12 @@ def test_refiner_deaths_on_one_frame_are_counted_up_to_max_attempts(tmp_path):
     assert metrics.acks._value.get() == 2
 
 
-def ok_result(frame_id: str) -> list[bytes]:
-    result = {"frame_id": frame_id, "camera": "testcam", "timestamps": {"captured": 0.0}, "image_score": 1.0,
-              "decision": "ok", "defects": [], "refinement": {"seconds": 0.1, "iterations": 1, "device": "cpu"},
-              "model_id": "m"}
+def ok_result(header: dict) -> list[bytes]:
+    """A genuine refiner's 'ok' answer: it echoes the frame's ack_token, so the capture acks it."""
+    result = {"frame_id": header["frame_id"], "camera": "testcam", "timestamps": {"captured": 0.0},
+              "image_score": 1.0, "decision": "ok", "defects": [],
+              "refinement": {"seconds": 0.1, "iterations": 1, "device": "cpu"}, "model_id": "m",
+              "ack_token": header["ack_token"]}
     return encode_result(result, np.zeros((32, 32), bool))
 
 
@@ -437,7 +439,7 @@ def test_one_result_message_cannot_stop_the_acks(tmp_path):
                 pub.send_multipart([HEARTBEAT_TOPIC, b"{" * 5000])  # a bad heartbeat too
                 if header["frame_id"] not in answered:
                     answered.add(header["frame_id"])
-                    pub.send_multipart(ok_result(header["frame_id"]))
+                    pub.send_multipart(ok_result(header))
 
     thread = start_thread(fake_refiner)
     try:
