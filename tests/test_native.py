@@ -8,7 +8,7 @@ from inspectd.bundle import fit_bundle, load_calibration
 from inspectd.bundle.calibration import CalibrationConfig
 from inspectd.deploy import Inspector
 from inspectd.deploy.native import NativeChain, flagged_regions, merge_overlapping, window_starts, windows_for
-from inspectd.geometry import Box, iou
+from inspectd.geometry import Box, iou, small_to_native_start
 
 SMALL, TILE = 128, 96
 NATIVE_HW = (1500, 2000)
@@ -91,7 +91,9 @@ def test_regions_map_to_native_pixels_and_merge():
     regions = flagged_regions(score_map, 0.5, NATIVE_HW)
     assert len(regions) == 2
     top = [r for r in regions if r.y < 500][0]
-    assert top.x <= 20 * 2000 / 96 <= top.x + 1 and top.x1 >= 25 * 2000 / 96 - 1
+    start = small_to_native_start  # the first native pixel whose centre lies in a small pixel
+    assert (top.x, top.x1, top.y, top.y1) == (start(20, 2000, 96), start(25, 2000, 96), start(10, 1500, 96),
+                                              start(13, 1500, 96))
     assert regions[-1].y1 == 1500 and regions[-1].x == 0
     assert merge_overlapping([Box(0, 0, 5, 5), Box(4, 4, 5, 5), Box(20, 20, 1, 1)]) == [Box(0, 0, 9, 9),
                                                                                            Box(20, 20, 1, 1)]
