@@ -39,12 +39,13 @@ def test_demo_bundle_is_fitted_and_screens_with_onnx(demo_settings):
 def test_refiner_returns_a_mask_on_the_defect(demo_settings):
     build_screener(demo_settings)
     refinement = build_refiner(demo_settings)
-    assert refinement.image_size == (96, 96)
+    assert refinement.image_size is None  # any frame size: the chain downscales (or tiles) it itself
     part = texture_crops(n=1, size=96, seed=43)[0]
     defective, truth = paste_square(part, 18, 22, 14)
-    mask, coarse, stats = refinement.refine(defective, {"frame_id": "t"})
-    assert mask.shape == coarse.shape == (96, 96) and stats["device"] == "cpu"
-    assert (mask & truth).sum() / max((mask | truth).sum(), 1) > 0.5
+    refined = refinement.refine(defective, {"frame_id": "t"})
+    mask = refined.mask.full()
+    assert (refined.mask.height, refined.mask.width) == (96, 96) and refined.stats["device"] == "cpu"
+    assert refined.decision == "defect" and (mask & truth).sum() / max((mask | truth).sum(), 1) > 0.5
 
 
 def test_refiner_uses_the_line_s_f2pad_settings(demo_settings):
@@ -53,7 +54,7 @@ def test_refiner_uses_the_line_s_f2pad_settings(demo_settings):
     settings = demo_settings.model_copy(update={"refiner": demo_settings.refiner.model_copy(update={"f2pad": f2pad})})
     part = texture_crops(n=1, size=96, seed=43)[0]
     defective, _ = paste_square(part, 18, 22, 14)
-    _, _, stats = build_refiner(settings).refine(defective, {"frame_id": "t"})
+    stats = build_refiner(settings).refine(defective, {"frame_id": "t"}).stats
     assert 1 <= stats["iterations"] <= 2
 
 
