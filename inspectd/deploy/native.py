@@ -161,9 +161,10 @@ class NativeChain:
         result.screen_map = screen_map
         return result
 
-    def refine(self, frame: np.ndarray, regions: list[Box] | None = None, score: float = float("nan"),
+    def refine(self, frame: np.ndarray, regions: list[Box] | None = None, score: float | None = None,
                px_per_mm: float | None = None) -> NativeInspection:
-        """A flagged native frame; regions from the screening (None: screen it here)."""
+        """A flagged native frame; regions from the screening (None: screen it here); score None:
+        the refiner's own peak."""
         if regions is None:
             score, _, regions, _ = self.screen(frame)
         started = time.perf_counter()
@@ -175,10 +176,11 @@ class NativeChain:
         result.refine_seconds = time.perf_counter() - started
         return result
 
-    def refine_whole(self, frame: np.ndarray, score: float, px_per_mm: float | None) -> NativeInspection:
+    def refine_whole(self, frame: np.ndarray, score: float | None, px_per_mm: float | None) -> NativeInspection:
         """Today's pipeline: refine the downscaled frame, upsample its mask to native pixels."""
         h, w = frame.shape[:2]
         run = self.refiner.refine(downscale(frame, self.refiner.image_size), score=score)
+        score = run.score
         mask, coarse = upsample(run.mask, (h, w)), upsample(run.coarse_mask, (h, w))
         score_map = cv2.resize(run.coarse_map, (w, h), interpolation=cv2.INTER_LINEAR)
         decision, defects, mask = judge(mask, score_map, self.native_min_area(frame), px_per_mm)
@@ -192,7 +194,7 @@ class NativeChain:
         s = self.refiner.image_size
         return max(1, round(self.refiner.settings.min_defect_area_px * frame.shape[0] * frame.shape[1] / s**2))
 
-    def refine_windows(self, frame: np.ndarray, regions: list[Box], score: float,
+    def refine_windows(self, frame: np.ndarray, regions: list[Box], score: float | None,
                        px_per_mm: float | None) -> NativeInspection:
         """Each region refined in native T x T windows; the region's mask is the union of what
         its windows found inside it (a window's context outside the region is not judged)."""
@@ -217,6 +219,7 @@ class NativeChain:
             crops.append((region, mask))
             coarse_crops.append((region, coarse))
         defects.sort(key=lambda d: -d["area_px"])
+        score = float("nan") if score is None else score  # the capture's score travels with the frame
         return NativeInspection(h, w, score, True, DEFECT if defects else OK, windows=windows,
                                 coarse=CroppedMask(h, w, coarse_crops), mask=CroppedMask(h, w, crops),
                                 defects=defects, iterations=iterations)

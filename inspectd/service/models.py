@@ -113,7 +113,7 @@ def load_refiner(settings: Settings, bundle: Path) -> Refinement:
     def refine_frame(image: np.ndarray, header: dict) -> RefinedFrame:
         regions = header.get("regions") or [Box(0, 0, image.shape[1], image.shape[0])]
         px_per_mm = header.get("px_per_mm") or settings.px_per_mm
-        run = chain.refine(image, regions, score=float(header.get("score", float("nan"))), px_per_mm=px_per_mm)
+        run = chain.refine(image, regions, score=header.get("score"), px_per_mm=px_per_mm)
         stats = {"seconds": run.refine_seconds, "iterations": run.iterations, "device": inspector.device.type,
                  "windows": len(run.windows)}
         return RefinedFrame(run.decision, run.defects, run.mask, stats)
