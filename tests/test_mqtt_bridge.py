@@ -25,7 +25,7 @@ from inspectd.service.mqtt_bridge import BoundedQueue, Outgoing, mqtt_messages, 
 from inspectd.service.settings import MqttSettings
 
 from published_results import ResultPublisher, result_message
-from test_service_doubles import free_port, service_settings, start_thread, wait_until
+from test_service_doubles import free_port, ready_and_watchdog_seen, service_settings, start_thread, wait_until
 
 MOSQUITTO = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
 
@@ -275,9 +275,7 @@ def test_bridge_tells_systemd_ready_and_pings_the_watchdog_even_without_a_broker
     notifier = Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "200000"})
     bridge = start_thread(run_bridge, settings, stop, notifier=notifier)
     try:
-        seen = set()
-        while not {"READY=1", "WATCHDOG=1"} <= seen:
-            seen.update(server.recv(4096).decode().splitlines())
+        ready_and_watchdog_seen(server)
     finally:
         stop.set()
         bridge.join(timeout=10)

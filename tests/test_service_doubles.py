@@ -95,6 +95,14 @@ def start_thread(target, *args, **kwargs) -> threading.Thread:
     return thread
 
 
+def ready_and_watchdog_seen(server) -> None:
+    """Read a fake NOTIFY_SOCKET (a bound AF_UNIX datagram socket with a timeout) until the process
+    under test has sent both READY=1 and WATCHDOG=1; socket.timeout when it does not."""
+    seen = set()
+    while not {"READY=1", "WATCHDOG=1"} <= seen:
+        seen.update(server.recv(4096).decode().splitlines())
+
+
 def wait_until(condition, timeout: float, interval: float = 0.02) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

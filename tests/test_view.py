@@ -18,7 +18,7 @@ from inspectd.service.metrics import ServiceMetrics
 from inspectd.service.view import ViewState, result_card, run_view
 
 from published_results import ResultPublisher, result_message
-from test_service_doubles import free_port, service_settings, wait_until
+from test_service_doubles import free_port, ready_and_watchdog_seen, service_settings, wait_until
 
 SCREENSHOT = Path(__file__).resolve().parents[1] / "runs" / "view-screenshot.png"
 CHROMIUM = shutil.which("chromium")
@@ -152,9 +152,7 @@ def test_view_tells_systemd_ready_and_pings_the_watchdog(tmp_path):
     thread = threading.Thread(target=run_view, args=(settings, stop), kwargs={"notifier": notifier}, daemon=True)
     thread.start()
     try:
-        seen = set()
-        while not {"READY=1", "WATCHDOG=1"} <= seen:
-            seen.update(server.recv(4096).decode().splitlines())
+        ready_and_watchdog_seen(server)
     finally:
         stop.set()
         thread.join(timeout=10)
