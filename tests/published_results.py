@@ -11,6 +11,7 @@ import zmq
 
 from inspectd.geometry import measure_defects
 from inspectd.service.messages import encode_result
+from inspectd.service.preview import make_preview
 
 
 def defect_mask(i: int, size: int = 64) -> np.ndarray:
@@ -20,8 +21,17 @@ def defect_mask(i: int, size: int = 64) -> np.ndarray:
     return mask > 0
 
 
-def result_message(camera: str, i: int, size: int = 64) -> tuple[list[bytes], dict, np.ndarray]:
-    """(zmq parts, result fields, mask) of a refiner's result for frame i of `camera`."""
+def part_picture(mask: np.ndarray) -> np.ndarray:
+    """A grey part with the defect in dark red: what the result's preview shows."""
+    ramp = np.linspace(0.4, 0.7, mask.shape[1], dtype=np.float32)
+    image = np.repeat(np.repeat(ramp[None, :, None], mask.shape[0], 0), 3, 2)
+    image[mask] = (0.6, 0.1, 0.1)
+    return image
+
+
+def result_message(camera: str, i: int, size: int = 64, preview: bool = False) -> tuple[list[bytes], dict, np.ndarray]:
+    """(zmq parts, result fields, mask) of a refiner's result for frame i of `camera`, with a
+    preview picture of the whole frame (schema 3) when asked."""
     mask = defect_mask(i, size)
     now = time.time()
     result = {"frame_id": f"{camera}-test-{i:07d}", "camera": camera,
@@ -29,7 +39,8 @@ def result_message(camera: str, i: int, size: int = 64) -> tuple[list[bytes], di
               "image_score": 1.5 + 0.01 * i, "decision": "defect", "defects": measure_defects(mask),
               "refinement": {"seconds": 1.25, "iterations": 120, "device": "cpu"}, "model_id": "test-model",
               "screening_model_id": "test-model"}
-    return encode_result(result, mask), result, mask
+    picture = make_preview(part_picture(mask), "frame", [], 256, 65536) if preview else None
+    return encode_result(result, mask, picture), result, mask
 
 
 class ResultPublisher:

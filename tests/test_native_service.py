@@ -3,6 +3,7 @@ their flagged regions in native pixels; results come back as mask crops in nativ
 
 import threading
 
+import cv2
 import numpy as np
 
 from inspectd.deploy import ChainSettings
@@ -53,5 +54,32 @@ def test_native_frames_keep_native_coordinates_and_a_huge_frame_is_counted(tmp_p
             assert (mask.height, mask.width) == NATIVE
             assert result["defects"][0]["bbox"] == [517, 301, 44, 32]  # native pixels, exactly
             assert mask.full()[301:333, 517:561].all() and mask.area_px == 32 * 44
+    finally:
+        stop.set()
+
+
+def test_results_carry_a_preview_of_their_defects_when_the_line_asks(tmp_path):
+    settings = service_settings(tmp_path, transport={"max_message_bytes": 4_000_000},
+                                refiner={"preview": {"kind": "defects", "max_side": 64, "max_bytes": 8192}})
+    double = ColourAxisScreenerDouble()
+    screening = Screening(screen=lambda f: double(downscale(f, 64)), threshold=double.threshold,
+                          model_id=double.model_id,
+                          chain=ChainSettings(screen_threshold=double.threshold, pixel_threshold=double.threshold))
+    stop = threading.Event()
+    start_thread(run_refiner, settings, ThresholdRefinerDouble(), stop)
+    got, ready = [], threading.Event()
+    start_thread(lambda: got.extend(results(settings, stop, camera="testcam", ready=ready)))
+    assert ready.wait(10)
+    run_capture(settings, screening.screen, stop, threshold=screening.threshold, metrics=ServiceMetrics("capture"),
+                frames=iter(frames(2, huge_at=-1)), chain=screening.chain)
+    try:
+        assert wait_until(lambda: len(got) == 1, 10)
+        result, mask = got[0]
+        x, y, w, h = result["preview"]["box"]
+        assert x < 517 and y < 301 and x + w > 561 and y + h > 333  # the defect with context around it
+        assert len(mask.preview) <= 8192 and max(result["preview"]["width"], result["preview"]["height"]) == 64
+        bgr = cv2.imdecode(np.frombuffer(mask.preview, np.uint8), cv2.IMREAD_COLOR)
+        centre = bgr[bgr.shape[0] // 2 - 2: bgr.shape[0] // 2 + 2, bgr.shape[1] // 2 - 2: bgr.shape[1] // 2 + 2]
+        assert centre[..., 2].mean() > 200 and centre[..., 1].mean() < 80  # the magenta patch, in RGB order
     finally:
         stop.set()

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 from inspectd.data.images import encode_png
+from inspectd.geometry import Box, CroppedMask
+from inspectd.service.preview import make_preview
 from inspectd.service.messages import (SCHEMA_VERSION, MessageError, encode_frame, encode_result, map_summary,
                                        parse_frame, parse_result)
 
@@ -143,8 +145,8 @@ def crop_json(p: list[bytes], crops) -> list[bytes]:
     (lambda p: p[:2], "malformed"),  # a crop listed but its part missing
     (lambda p: [b"defect.other", p[1], p[2]], "malformed"),
     (lambda p: [p[0], p[1].replace(b'"decision":"defect"', b'"decision":"maybe"'), p[2]], "malformed"),
-    (lambda p: [p[0], p[1].replace(b'"schema":2', b'"schema":3'), p[2]], "schema_version"),
-    (lambda p: [p[0], p[1].replace(b'"schema":2', b'"schema":true'), p[2]], "schema_version"),
+    (lambda p: [p[0], p[1].replace(b'"schema":3', b'"schema":4'), p[2]], "schema_version"),
+    (lambda p: [p[0], p[1].replace(b'"schema":3', b'"schema":true'), p[2]], "schema_version"),
     (lambda p: [p[0], p[1], b"not a png"], "bad_image"),
     (lambda p: [p[0], p[1], encode_png(np.zeros((5, 5), bool))], "wrong_size"),
     (lambda p: crop_json(p, [[20, 2, 8, 2]]), "malformed"),  # crop outside the frame
@@ -162,7 +164,7 @@ def test_bad_results_raise_their_kind(mutate, kind):
 def test_frame_regions_travel_in_native_pixels():
     header = {**frame_header(), "regions": [[3, 4, 10, 6]]}
     parsed, _ = parse_frame(encode_frame(header, image()), MAX)
-    assert parsed["schema"] == 2 and [r.as_list() for r in parsed["regions"]] == [[3, 4, 10, 6]]
+    assert parsed["schema"] == SCHEMA_VERSION and [r.as_list() for r in parsed["regions"]] == [[3, 4, 10, 6]]
     for bad in ([[35, 4, 10, 6]], [[0, 0, 0, 1]], "all", [[1, 2]]):
         parts = encode_frame(frame_header(), image())
         parts[0] = parts[0].replace(b'"schema"', b'"regions":' + json.dumps(bad).encode() + b',"schema"')
@@ -300,3 +302,51 @@ def test_ack_token_travels_in_frame_and_result():
     assert header["ack_token"] == "ab12" * 8
     result, _ = parse_result(encode_result(result_fields(ack_token="ab12" * 8), np.zeros((4, 4), bool)))
     assert result["ack_token"] == "ab12" * 8
+
+
+# --- schema 3: the optional preview picture ------------------------------------------------------
+def with_preview(kind: str = "defects", max_bytes: int = 65536) -> tuple[list[bytes], np.ndarray]:
+    rng = np.random.default_rng(0)
+    image = rng.random((160, 240, 3), np.float32)
+    mask = np.zeros((160, 240), bool)
+    mask[2:4, 1:4] = True
+    picture = make_preview(image, kind, [Box(1, 2, 3, 2)], 128, max_bytes)
+    return encode_result(result_fields(), CroppedMask.from_full(mask, [Box(1, 2, 3, 2)]), picture), mask
+
+
+def test_a_preview_travels_as_the_last_part_and_is_checked_from_its_header():
+    parts, mask = with_preview()
+    assert len(parts) == 4 and parts[-1][:2] == b"\xff\xd8"  # topic, JSON, one crop, the JPEG
+    result, decoded = parse_result(parts)
+    assert result["schema"] == 3 and (decoded.full() == mask).all() and decoded.preview == parts[-1]
+    assert result["preview"]["encoding"] == "jpeg" and result["preview"]["box"] == [0, 0, 36, 36]
+
+
+def test_schema_2_results_without_a_preview_still_parse():
+    parts = encode_result(result_fields(), np.zeros((16, 24), bool))
+    v2 = [parts[0], parts[1].replace(b'"schema":3', b'"schema":2'), *parts[2:]]
+    result, decoded = parse_result(v2)
+    assert result["schema"] == 2 and decoded.preview is None
+
+
+def preview_json(parts: list[bytes], **meta) -> list[bytes]:
+    result = json.loads(parts[1])
+    result["preview"] = {**result["preview"], **meta}
+    return [parts[0], json.dumps(result).encode(), *parts[2:]]
+
+
+@pytest.mark.parametrize("mutate, kind", [
+    (lambda p: p[:-1], "malformed"),  # announced, missing
+    (lambda p: [*p[:-1], encode_png(np.zeros((36, 36), bool))], "bad_image"),  # a PNG labelled jpeg
+    (lambda p: [*p[:-1], p[-1][:20]], "bad_image"),  # cut short before its size
+    (lambda p: preview_json(p, width=37), "bad_image"),  # not the size it says
+    (lambda p: preview_json(p, box=[200, 0, 100, 10]), "malformed"),  # outside the frame
+    (lambda p: preview_json(p, encoding="png"), "malformed"),
+    (lambda p: preview_json(p, height=10**6), "malformed"),
+    (lambda p: [*p[:-1], b"\xff\xd8" + bytes(2**20)], "oversized"),
+])
+def test_bad_previews_raise_their_kind(mutate, kind):
+    parts, _ = with_preview()
+    with pytest.raises(MessageError) as info:
+        parse_result(mutate(parts))
+    assert info.value.kind == kind

@@ -234,7 +234,7 @@ def test_bad_messages_are_counted_by_kind_and_the_refiner_stays_up(tmp_path):
     good = frame_parts("good-1")
     bad = {
         "malformed": [[b"just one part"], [b"{not json", good[1]]],
-        "schema_version": [[good[0].replace(b'"schema":2', b'"schema":7'), good[1]]],
+        "schema_version": [[good[0].replace(b'"schema":3', b'"schema":7'), good[1]]],
         "bad_image": [[good[0], b"\x89PNG\r\n\x1a\n" + bytes(100)]],
         "wrong_size": [[good[0], encode_png(np.zeros((20, 32, 3), np.float32))],  # PNG != header
                        frame_parts("small-1", size=(24, 24))],  # not the model's 32x32

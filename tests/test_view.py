@@ -1,9 +1,10 @@
 """`inspectd view`: the page model (pure), and the live page in a real browser: Debian's headless
 chromium, driven by Selenium through Debian's chromedriver, sees a published defect appear with
-its outline drawn. The run writes a screenshot of the page to runs/view-screenshot.png."""
+its outline drawn on the result's preview picture. The run writes a screenshot of the page to runs/view-screenshot.png."""
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import threading
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from inspectd.service.messages import parse_result
 from inspectd.service.metrics import ServiceMetrics
 from inspectd.service.view import ViewState, result_card, run_view
 
@@ -35,6 +37,15 @@ def test_card_outlines_the_mask_and_keeps_the_measurements():
     assert outline[:, 0].min() == x and outline[:, 0].max() == x + w - 1
     assert outline[:, 1].min() == y and outline[:, 1].max() == y + h - 1
     assert card["defects"][0]["area_px"] == int(mask.sum()) and card["refine_seconds"] == 1.25
+    assert card["preview"] is None  # the result carries no picture: the page draws on grey
+
+
+def test_card_carries_the_results_preview_picture():
+    parts, _, _ = result_message("cam1", 7, preview=True)
+    result, mask = parse_result(parts)
+    card = result_card(result, mask)
+    assert card["preview"]["box"] == [0, 0, 64, 64]
+    assert base64.b64decode(card["preview"]["src"].split(",", 1)[1]) == parts[-1]
 
 
 def test_state_keeps_the_last_n_per_camera_and_counts_the_last_minute():
@@ -98,7 +109,7 @@ def test_browser_sees_a_published_defect_appear_with_its_outline(view, tmp_path)
         wait.until(seen.text_to_be_present_in_element((By.ID, "status"), "live"))
         sent = []
         for i in range(3):
-            parts, result, mask = result_message("line1-cam1", i)
+            parts, result, mask = result_message("line1-cam1", i, preview=True)
             publisher.send(parts)
             sent.append((result, mask))
         result, mask = sent[-1]
@@ -109,6 +120,9 @@ def test_browser_sees_a_published_defect_appear_with_its_outline(view, tmp_path)
         x, y, w, h = result["defects"][0]["bbox"]
         assert len(points) >= 4 and points[:, 0].min() == x and points[:, 1].max() == y + h - 1
         assert outline.size["width"] > 20  # drawn, at the card's scale
+        picture = card.find_element(By.CSS_SELECTOR, "svg image.preview")  # on the part's picture
+        assert picture.get_attribute("href").startswith("data:image/jpeg;base64,") and picture.size["width"] > 100
+        assert driver.execute_script("return arguments[0].getBBox().width", picture) == 64  # frame pixels
         assert card.get_attribute("data-decision") == "defect"
         assert f'{result["defects"][0]["area_px"]} px' in card.text and "refined in 1.25 s" in card.text
         wait.until(lambda d: "3 results/min" in d.find_element(By.CSS_SELECTOR, "#camera-line1-cam1 .counts").text)

@@ -114,7 +114,7 @@ def frame_cases() -> dict[str, Case]:
         "px_per_mm_negative": lambda good, rng: [with_fields(good[0], px_per_mm=-4.0), good[1]],
         "frame_id_dotdot": lambda good, rng: [with_fields(good[0], frame_id=".."), good[1]],
         "frame_id_path": lambda good, rng: [with_fields(good[0], frame_id="../../etc/passwd"), good[1]],
-        "schema_other": lambda good, rng: [with_fields(good[0], schema=int(rng.integers(3, 99))), good[1]],
+        "schema_other": lambda good, rng: [with_fields(good[0], schema=int(rng.integers(4, 99))), good[1]],
         "field_missing": lambda good, rng: [without_field(good[0], rng), good[1]],
         "field_wrong_type": lambda good, rng: [with_fields(good[0], **{str(rng.choice(
             ["score", "width", "camera", "captured_at", "map_summary"])): ["x"]}), good[1]],

@@ -1,8 +1,9 @@
 """The wire schema between capture, refiners and subscribers (documented in docs/messages.md).
 
 Frame message (capture PUSH -> refiner PULL): [header JSON, encoded image].
-Result message (refiner PUB -> subscribers), schema 2: [topic `defect.<camera>`, result JSON,
-one PNG per mask crop]; schema 1 (still parsed): [topic, result JSON, full-frame mask PNG].
+Result message (refiner PUB -> subscribers), schema 3: [topic `defect.<camera>`, result JSON,
+one PNG per mask crop, optional preview JPEG]; schema 2 (still parsed) has no preview; schema 1
+(still parsed): [topic, result JSON, full-frame mask PNG].
 A result's mask travels as crops around its defects so that a 20-megapixel frame with one
 small defect gives a message of a few KiB, not a full-frame PNG.
 
@@ -15,16 +16,20 @@ from __future__ import annotations
 import json
 import math
 import re
+from dataclasses import dataclass
 
 import numpy as np
 
 from inspectd.data.images import DEFAULT_MAX_PIXELS, check_png, decode_image, encode_png
 from inspectd.errors import BadImageError, InspectdError
 from inspectd.geometry import Box, CroppedMask
+from inspectd.service.preview import Preview, jpeg_size
 
-SCHEMA_VERSION = 2
-RESULT_SCHEMAS = (1, 2)  # result versions subscribers read (1: full-frame mask PNG)
-FRAME_SCHEMAS = (1, 2)  # frame versions refiners read (2 adds the optional `regions`)
+SCHEMA_VERSION = 3
+RESULT_SCHEMAS = (1, 2, 3)  # result versions subscribers read (1: full-frame mask PNG; 3 adds the preview part)
+FRAME_SCHEMAS = (1, 2, 3)  # frame versions refiners read (2 adds the optional `regions`; 3 is 2 unchanged)
+MAX_PREVIEW_BYTES = 2**20  # a result's preview JPEG (refiner.preview.max_bytes is at most this)
+MAX_PREVIEW_SIDE = 4096
 MAX_MASK_CROPS = 256  # defects per result; more crops are merged into one box
 TOPIC_PREFIX = "defect."
 MESSAGE_ERROR_KINDS = ("malformed", "oversized", "bad_image", "wrong_size", "schema_version")
@@ -128,7 +133,13 @@ def frame_regions(header: dict, height: int, width: int) -> list[Box]:
 
 
 # --- results ---------------------------------------------------------------------------------
-ResultMask = CroppedMask  # a result's mask: crops of the frame, pasted together by .full()
+@dataclass
+class ResultMask(CroppedMask):
+    """A result's mask as crops of the frame (.full() pastes them together) and, schema 3, the
+    result's optional preview JPEG (checked from its header, never decoded here; the result's
+    `preview` field says which box of the frame it shows)."""
+
+    preview: bytes | None = None
 
 
 def defect_boxes(defects: list[dict], height: int, width: int) -> list[Box]:
@@ -139,7 +150,7 @@ def defect_boxes(defects: list[dict], height: int, width: int) -> list[Box]:
     return [b for b in boxes if b.w > 0 and b.h > 0]
 
 
-def capped(mask: ResultMask) -> ResultMask:
+def capped(mask: CroppedMask) -> CroppedMask:
     """At most MAX_MASK_CROPS crops: the rest pasted into one box around them."""
     if len(mask.crops) <= MAX_MASK_CROPS:
         return mask
@@ -148,25 +159,30 @@ def capped(mask: ResultMask) -> ResultMask:
     merged = np.zeros((box.h, box.w), bool)
     for b, crop in rest:
         merged[b.relative_to(box).slices] |= crop
-    return ResultMask(mask.height, mask.width, [*keep, (box, merged)])
+    return CroppedMask(mask.height, mask.width, [*keep, (box, merged)])
 
 
-def encode_result(result: dict, mask: np.ndarray | ResultMask) -> list[bytes]:
-    """Result fields (without schema and mask, which are filled in) + the mask (a full-frame bool
-    array, cropped here around the result's defects, or a ResultMask) -> 2 + n_crops parts."""
-    if not isinstance(mask, ResultMask):
+def encode_result(result: dict, mask: np.ndarray | CroppedMask, preview: Preview | None = None) -> list[bytes]:
+    """Result fields (without schema, mask and preview, which are filled in) + the mask (a full-frame
+    bool array, cropped here around the result's defects, or a CroppedMask) + an optional preview
+    picture -> 2 + n_crops (+ 1) parts."""
+    if not isinstance(mask, CroppedMask):
         mask = np.asarray(mask, bool)
-        mask = ResultMask.from_full(mask, defect_boxes(result.get("defects", []), *mask.shape))
+        mask = CroppedMask.from_full(mask, defect_boxes(result.get("defects", []), *mask.shape))
     mask = capped(mask)
     full = {**result, "schema": SCHEMA_VERSION,
             "mask": {"width": mask.width, "height": mask.height, "encoding": "png-crops",
                      "crops": [b.as_list() for b, _ in mask.crops]}}
+    full.pop("preview", None)
+    if preview is not None:
+        full["preview"] = preview.meta()
     check_fields(full, RESULT_FIELDS, "result")
-    return [topic_for(full["camera"]).encode(), dumps(full), *(encode_png(c) for _, c in mask.crops)]
+    pictures = [preview.jpeg] if preview is not None else []
+    return [topic_for(full["camera"]).encode(), dumps(full), *(encode_png(c) for _, c in mask.crops), *pictures]
 
 
 def parse_result(parts: list[bytes], max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[dict, ResultMask]:
-    """Validate a result message (schema 1 or 2); returns (result, mask)."""
+    """Validate a result message (schema 1, 2 or 3); returns (result, mask with its preview)."""
     if len(parts) < 2:
         raise MessageError("malformed", f"result message has {len(parts)} parts, expected topic, JSON, mask")
     result = loads(parts[1], "result", MAX_RESULT_JSON_BYTES)
@@ -178,15 +194,39 @@ def parse_result(parts: list[bytes], max_pixels: int = DEFAULT_MAX_PIXELS) -> tu
         raise MessageError("malformed", f"decision {result['decision']!r}, expected one of {DECISIONS}")
     height, width = mask_size(result)
     boxes = mask_boxes(result, height, width)
-    if len(parts) != 2 + len(boxes):
-        raise MessageError("malformed", f"result message has {len(parts)} parts, expected {2 + len(boxes)} "
-                                        f"(topic, JSON, {len(boxes)} mask part(s))")
+    pictures = int(result["schema"] >= 3 and "preview" in result)  # before 3, an unknown field
+    if len(parts) != 2 + len(boxes) + pictures:
+        raise MessageError("malformed", f"result message has {len(parts)} parts, expected {2 + len(boxes) + pictures} "
+                                        f"(topic, JSON, {len(boxes)} mask part(s){', preview' if pictures else ''})")
+    preview = check_preview(result, parts[-1], height, width) if pictures else None
     if sum(b.area for b in boxes) > max_pixels:
         raise MessageError("oversized", f"mask of {result['frame_id']}: crops of {sum(b.area for b in boxes)} pixels "
                                         f"exceed transport.max_frame_pixels={max_pixels}")
     crops = [(box, decode_png_part(data, f"mask of {result['frame_id']}", (box.h, box.w), max_pixels, (0,))
-              .max(axis=2) > 0.5) for box, data in zip(boxes, parts[2:])]
-    return result, ResultMask(height, width, crops)
+              .max(axis=2) > 0.5) for box, data in zip(boxes, parts[2:2 + len(boxes)])]
+    return result, ResultMask(height, width, crops, preview)
+
+
+def check_preview(result: dict, data: bytes, height: int, width: int) -> bytes:
+    """The preview part: a JPEG of exactly the declared size, at most MAX_PREVIEW_BYTES, showing a
+    box inside the frame; checked from its header (a viewer's browser decodes it, so no bombs)."""
+    meta = result["preview"]
+    if not isinstance(meta, dict) or meta.get("encoding") != "jpeg":
+        raise MessageError("malformed", "result preview must be an object with encoding \"jpeg\"")
+    check_box(meta.get("box"), height, width, "preview box")
+    size = (meta.get("width"), meta.get("height"))
+    if not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_PREVIEW_SIDE for v in size):
+        raise MessageError("malformed", f"preview size {str(size)[:80]} is not two ints in 1..{MAX_PREVIEW_SIDE}")
+    if len(data) > MAX_PREVIEW_BYTES:
+        raise MessageError("oversized", f"preview of {result['frame_id']}: {len(data)} bytes > {MAX_PREVIEW_BYTES}")
+    try:
+        kind, w, h = jpeg_size(data)
+    except Exception as exc:  # Pillow raises many kinds on a damaged header
+        raise MessageError("bad_image", f"preview of {result['frame_id']}: not a readable JPEG ({exc})") from None
+    if kind != "JPEG" or (w, h) != size:
+        raise MessageError("bad_image", f"preview of {result['frame_id']}: a {kind} of {w}x{h}, the result says "
+                                        f"a JPEG of {size[0]}x{size[1]}")
+    return data
 
 
 def mask_size(result: dict) -> tuple[int, int]:

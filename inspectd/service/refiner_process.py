@@ -29,6 +29,7 @@ from inspectd.geometry import Box, CroppedMask
 from inspectd.service.heartbeat import HeartbeatSender, LockedSocket, refiner_identity
 from inspectd.service.lifecycle import check_alive, reload_model, signal_handlers
 from inspectd.service.messages import MESSAGE_ERROR_KINDS, MessageError, encode_result, parse_frame
+from inspectd.service.preview import Preview, make_preview
 from inspectd.service.metrics import ServiceMetrics
 from inspectd.service.sdnotify import Notifier
 from inspectd.service.settings import Settings
@@ -100,7 +101,7 @@ class RefinerLoop:
             self.heartbeat.busy(header["frame_id"])  # if this frame kills us, capture learns which one
         try:
             result, mask = self.refine(header, image)
-            self.publish(result, mask)
+            self.publish(result, mask, self.preview(header, image, mask))
         except Exception as exc:  # e.g. a result that cannot be encoded: still answer, with the reason
             log.error("frame %s: no result could be published (%s); publishing an error result",
                       header["frame_id"], exc)
@@ -149,9 +150,25 @@ class RefinerLoop:
         result["error"] = error[:500]
         return result
 
-    def publish(self, result: dict, mask: CroppedMask) -> None:
+    def preview(self, header: dict, image: np.ndarray, mask: CroppedMask) -> Preview | None:
+        """The picture for people (refiner.preview), or None; a picture never costs the result."""
+        wanted = self.settings.refiner.preview
+        if wanted.kind == "off":
+            return None
+        try:
+            picture = make_preview(image, wanted.kind, [box for box, _ in mask.crops], wanted.max_side,
+                                   wanted.max_bytes)
+        except Exception as exc:  # noqa: BLE001 - the result goes out without its picture
+            log.warning("frame %s: no preview (%s)", header["frame_id"], exc)
+            return None
+        if picture is None and (wanted.kind == "frame" or mask.crops):
+            log.warning("frame %s: the preview does not fit in refiner.preview.max_bytes=%d; sent without it",
+                        header["frame_id"], wanted.max_bytes)
+        return picture
+
+    def publish(self, result: dict, mask: CroppedMask, preview: Preview | None = None) -> None:
         result["timestamps"]["published"] = time.time()
-        parts = encode_result(result, mask)
+        parts = encode_result(result, mask, preview)
         self.pub.send_multipart(parts)
         self.recent[(result["frame_id"], result.get("ack_token", ""))] = parts
         if len(self.recent) > RECENT_RESULTS:

@@ -66,6 +66,14 @@ class ScreeningSettings(Section):
     device: Device = "auto"
 
 
+class PreviewSettings(Section):
+    """The optional JPEG a result carries for people (inspectd/service/preview.py; `inspectd view`)."""
+
+    kind: Literal["off", "frame", "defects"] = "off"  # frame: the whole frame; defects: around them
+    max_side: int = Field(640, ge=32, le=4096)  # longest side of the picture, pixels
+    max_bytes: int = Field(65536, ge=1024, le=1048576)  # quality, then size, step down to fit
+
+
 class RefinerSettings(Section):
     model: Path | None = None  # bundle directory with the torch state for F2PAD
     device: Device = "auto"
@@ -77,6 +85,7 @@ class RefinerSettings(Section):
     # a frame is given up (published as decision "error", moved to the dead-letter folder beside
     # the spool) after refining it failed this many times, or a refiner died on it this many times
     max_attempts: int = Field(3, ge=1)
+    preview: PreviewSettings = PreviewSettings()
 
     @field_validator("f2pad")
     @classmethod

@@ -4,7 +4,8 @@ One process subscribes to the results (like `inspectd watch`, CURVE when configu
 a page over HTTP (Starlette + uvicorn; 127.0.0.1 unless view.host says otherwise):
 
     GET /         the page: per camera the last view.last_n results, newest first, each with the
-                  defect outlines drawn on the frame's area, its measurements, decision, scores
+                  defect outlines drawn on the result's preview picture (refiner.preview; grey
+                  without one), its measurements, decision, scores
                   and refinement time, and results/defects per minute (plain HTML + JS, no build step)
     GET /events   server-sent events: `snapshot` on connect, then `result` per result and
                   `counts` every few seconds
@@ -18,6 +19,7 @@ small bounded queue; a browser that goes away or falls behind is dropped and cou
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import json
 import logging
@@ -61,7 +63,17 @@ def result_card(result: dict, mask: np.ndarray) -> dict:
         "captured": result["timestamps"].get("captured"), "model_id": result["model_id"],
         "width": width, "height": height, "outlines": mask_outlines(result, mask),
         "defects": [{k: d[k] for k in DEFECT_FIELDS if k in d} for d in result["defects"]],
+        "preview": preview_picture(result, mask),
     }
+
+
+def preview_picture(result: dict, mask) -> dict | None:
+    """The result's preview JPEG (schema 3, checked by parse_result) as a data URL and the frame
+    box it shows; None when the result has none (the page then draws the outlines on grey)."""
+    jpeg = getattr(mask, "preview", None)
+    if jpeg is None or "preview" not in result:
+        return None
+    return {"src": "data:image/jpeg;base64," + base64.b64encode(jpeg).decode(), "box": result["preview"]["box"]}
 
 
 class ViewState:
