@@ -19,6 +19,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from inspectd.data.images import decode_image
+from inspectd.service.messages import parse_result
 from inspectd.service.metrics import ServiceMetrics
 from inspectd.service.mqtt_bridge import BoundedQueue, Outgoing, mqtt_messages, run_bridge
 from inspectd.service.settings import MqttSettings
@@ -43,6 +44,19 @@ def test_topic_layout_and_mask_modes():
     x, y = payload["mask_offset"]  # the PNG covers the box around the defects, from this corner
     assert (mask[y:y + inline_mask.shape[0], x:x + inline_mask.shape[1]] == inline_mask).all()
     assert "mask_png_base64" not in json.loads(mqtt_messages(result, mask, MqttSettings(mask="none"))[0].payload)
+
+
+def test_a_results_preview_picture_travels_on_its_own_topic_or_inline():
+    parts, _, _ = result_message("line1-cam1", 5, preview=True)
+    result, mask = parse_result(parts)
+    on_topic = mqtt_messages(result, mask, MqttSettings())
+    assert [m.topic for m in on_topic] == ["inspectd/line1-cam1/mask", "inspectd/line1-cam1/preview",
+                                           "inspectd/line1-cam1/result"]
+    assert on_topic[1].payload == parts[-1] and not on_topic[1].is_result
+    assert json.loads(on_topic[2].payload)["preview"]["box"] == [0, 0, 64, 64]  # what the picture shows
+    inline = json.loads(mqtt_messages(result, mask, MqttSettings(mask="base64"))[0].payload)
+    assert base64.b64decode(inline["preview_jpeg_base64"]) == parts[-1]
+    assert "preview_jpeg_base64" not in json.loads(mqtt_messages(result, mask, MqttSettings(mask="none"))[0].payload)
 
 
 def test_bounded_queue_drops_the_oldest_and_says_so():

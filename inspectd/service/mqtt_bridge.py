@@ -6,10 +6,13 @@ Topic layout (prefix `mqtt.topic_prefix`, default `inspectd`; also in docs/messa
                                         decision, defects, ...), QoS mqtt.qos, retained
     <prefix>/<camera>/mask              the defect mask, PNG (mqtt.mask = "topic"), published just
                                         before its result, QoS mqtt.qos, retained
+    <prefix>/<camera>/preview           the result's preview JPEG (schema 3, when the refiner sends
+                                        one; its box is the result's `preview.box`), published
+                                        just before its result, QoS mqtt.qos, retained
     <prefix>/bridge/<client_id>/status  "online" / "offline" (retained; "offline" is the will)
 
-With mqtt.mask = "base64" the PNG travels inside the result JSON as `mask_png_base64` instead;
-with "none" it is left out. Retained messages give a subscriber that connects later the last
+With mqtt.mask = "base64" the PNG (and the preview JPEG) travel inside the result JSON as
+`mask_png_base64` (and `preview_jpeg_base64`) instead; with "none" both are left out. Retained messages give a subscriber that connects later the last
 state of each camera at once (MQTT marks them as retained).
 
 Delivery: results wait in a bounded in-memory queue (mqtt.queue_max). paho-mqtt holds up to
@@ -69,16 +72,26 @@ def status_topic(prefix: str, client_id: str) -> str:
     return f"{prefix}/bridge/{client_id}/status"
 
 
+def preview_topic(prefix: str, camera: str) -> str:
+    return f"{prefix}/{camera}/preview"
+
+
 def mqtt_messages(result: dict, mask: CroppedMask, settings: MqttSettings) -> list[Outgoing]:
-    """The MQTT messages for one result, in publishing order (the mask before its result). The
-    mask PNG covers the box around all defects; `mask_offset` in the JSON says where it sits."""
+    """The MQTT messages for one result, in publishing order (mask and preview before their
+    result). The mask PNG covers the box around all defects; `mask_offset` in the JSON says where
+    it sits. The preview JPEG (schema 3, optional) was checked from its header by parse_result."""
     camera = result["camera"]
     payload = {**result, "mask_offset": mask_offset(result, mask)}
+    preview = getattr(mask, "preview", None)
     messages = []
     if settings.mask == "topic":
         messages.append(Outgoing(mask_topic(settings.topic_prefix, camera), mask_png(result, mask), camera, False))
+        if preview is not None:
+            messages.append(Outgoing(preview_topic(settings.topic_prefix, camera), preview, camera, False))
     elif settings.mask == "base64":
         payload["mask_png_base64"] = base64.b64encode(mask_png(result, mask)).decode("ascii")
+        if preview is not None:
+            payload["preview_jpeg_base64"] = base64.b64encode(preview).decode("ascii")
     body = json.dumps(payload, separators=(",", ":"), allow_nan=False).encode()
     messages.append(Outgoing(result_topic(settings.topic_prefix, camera), body, camera, True))
     return messages
