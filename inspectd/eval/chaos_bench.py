@@ -265,13 +265,16 @@ def print_table(results: list[CaseResult]) -> None:
 
 
 def add_chaos_parser(bsub, handler) -> None:
-    ch = bsub.add_parser("chaos", help="hostile messages, kill -9, full and read-only disks against real capture and refiner processes")
+    ch = bsub.add_parser("chaos", help="hostile messages, kill -9, full and read-only disks against real "
+                                       "capture and refiner processes")
     ch.add_argument("--out", required=True, help="folder for results.json and the processes' logs")
     ch.add_argument("--settings", default="configs/demo.yaml")
-    ch.add_argument("--frame-messages", type=int, default=10000, help="hostile frame messages to the refiner")
+    ch.add_argument("--frame-messages", type=int, default=10000,
+                    help="malformed frame messages to the refiner (mutations still valid do not count)")
     ch.add_argument("--result-messages", type=int, default=10000, help="hostile results to the capture")
     ch.add_argument("--refiner-kills", type=int, default=5, help="kill -9 of the refiner while it refines a frame")
-    ch.add_argument("--capture-kills", type=int, default=3, help="kill -9 of the capture while frames wait in its spool")
+    ch.add_argument("--capture-kills", type=int, default=3,
+                    help="kill -9 of the capture while frames wait in its spool")
     ch.add_argument("--disk-frames", type=int, default=12,
                     help="frames read onto the full (about 4 frames) and the read-only spool disk")
     ch.add_argument("--curve-forgeries", type=int, default=1000,

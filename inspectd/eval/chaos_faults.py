@@ -292,7 +292,8 @@ def forged_acks_curve(line: Line, args, rng: np.random.Generator) -> CaseResult:
         for forger in ("no key", "a key of its own"):
             forge(secure, res, forger, sorted(victims), args.curve_forgeries // 2, rng)
         after = secure.scrape("capture") or {}
-        failures = total(after, "inspectd_handshake_failures_total") - total(before, "inspectd_handshake_failures_total")
+        failures = (total(after, "inspectd_handshake_failures_total")
+                    - total(before, "inspectd_handshake_failures_total"))
         bad = total(after, "inspectd_bad_inputs_total") - total(before, "inspectd_bad_inputs_total")
         deleted = victims - {name.split("_", 1)[1][: -len(".frame")] for name in secure.spooled()}
         res.counted_as["handshake_failures"] = failures
