@@ -1,3 +1,5 @@
+import struct
+
 import cv2
 import numpy as np
 import pytest
@@ -118,6 +120,36 @@ def test_a_real_png_bomb_is_refused_cheaply(monkeypatch):
     assert seconds < 0.05 and peak < 10_000_000
     with pytest.raises(BadImageError):
         check_png(bomb, 4096 * 4096, "bomb.png")
+
+
+def jpeg_declaring(width: int, height: int) -> bytes:
+    """An 8x8 JPEG whose frame header (SOF0) is rewritten to declare width x height."""
+    data = bytearray(encode(np.zeros((8, 8, 3), np.uint8), ".jpg"))
+    sof = data.index(b"\xff\xc0")  # marker, length (2), precision (1), height (2), width (2)
+    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+def pgm_declaring(width: int, height: int) -> bytes:
+    return f"P5\n{width} {height}\n255\n".encode() + bytes(64)
+
+
+@pytest.mark.parametrize("liar", [jpeg_declaring, pgm_declaring], ids=["jpeg", "pgm"])
+def test_a_jpeg_or_pgm_declaring_a_huge_size_is_refused_from_its_header(monkeypatch, liar):
+    """10000x10000 is under OpenCV's own cap: before the fix it decoded 300 MB of pixels, then refused."""
+    assert decode_image(liar(8, 8), "small").shape == (8, 8, 3)  # the same file, honest, decodes
+    no_decoding(monkeypatch)
+    with pytest.raises(BadImageError, match=r"huge: declares 10000x10000 pixels, above the limit of 25000000"):
+        decode_image(liar(10000, 10000), "huge")
+    with pytest.raises(BadImageError, match=r"huger: declares too many pixels \(Image size \(1600000000 pixels"):
+        decode_image(liar(40000, 40000), "huger")  # above PIL's own limit: refused while reading the header
+
+
+def test_data_without_a_readable_header_is_refused_by_name():
+    with pytest.raises(BadImageError, match=r"junk\.bin: not a readable image \(no header PIL can read"):
+        decode_image(b"GIF89a" + bytes(3), "junk.bin")
+    with pytest.raises(BadImageError, match=r"empty: not a readable image"):
+        decode_image(b"", "empty")
 
 
 @pytest.mark.parametrize("data, why", [

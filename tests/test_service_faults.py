@@ -180,6 +180,32 @@ def test_folder_source_skips_unreadable_images_and_remembers_what_it_read(tmp_pa
     assert [f.id for f in later[:2]] == [f.id for f in first[1:]]  # read again under the same ids
 
 
+def test_folder_jpeg_and_pgm_images_are_size_checked_from_their_headers(tmp_path, monkeypatch):
+    """A JPEG and a PGM declaring 10000x10000 are skipped and counted without being decoded."""
+    import cv2
+
+    from test_images import jpeg_declaring, pgm_declaring
+
+    folder = tmp_path / "line"
+    folder.mkdir()
+    (folder / "a-huge.jpg").write_bytes(jpeg_declaring(10000, 10000))
+    (folder / "b-huge.pgm").write_bytes(pgm_declaring(10000, 10000))
+    write_image(folder / "c-good.png", np.full((20, 20, 3), 0.5, np.float32))
+    decoded, real_decode = [], cv2.imdecode
+
+    def spy(buf, flags):
+        image = real_decode(buf, flags)
+        decoded.append(image.shape[:2])
+        return image
+
+    monkeypatch.setattr(cv2, "imdecode", spy)
+    errors = []
+    settings = CaptureSettings(source="folder", uri=str(folder), size=16)
+    frames = [f for f in open_source(settings, "cam0", threading.Event(), errors.append) if f]
+    assert [f.source for f in frames] == ["c-good.png"] and errors == ["bad_frame", "bad_frame"]
+    assert decoded == [(20, 20)]  # only the good image was ever decoded
+
+
 def test_a_source_that_raises_is_counted_and_opened_again(monkeypatch):
     import inspectd.service.capture as capture
 

@@ -6,13 +6,16 @@ torch equivalent (B, 3, H, W). Masks are bool arrays of shape (H, W).
 
 from __future__ import annotations
 
+import io
 import struct
+import warnings
 import zlib
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
+from PIL import Image
 
 from inspectd.errors import BadImageError
 
@@ -26,12 +29,12 @@ PNG_COLOUR_TYPES = {0: "grey", 2: "RGB", 3: "palette", 4: "grey+alpha", 6: "RGBA
 def decode_image(data: bytes, name: str = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode encoded image bytes to float RGB in [0, 1]; grey and RGBA become RGB.
 
-    A PNG's declared size is checked against max_pixels before anything is decoded, so a
-    few hundred bytes declaring 40000x40000 (or a decompression bomb) cost nothing.
+    The declared size (a PNG's IHDR, any other format's header as PIL reads it) is checked
+    against max_pixels before anything is decoded, so a few hundred bytes declaring
+    40000x40000 (or a decompression bomb) cost nothing.
     """
-    if data[:8] == PNG_SIGNATURE:
-        width, height = png_header(data, name)[:2]
-        check_pixels(width, height, max_pixels, name)
+    width, height = png_header(data, name)[:2] if data[:8] == PNG_SIGNATURE else header_size(data, name)
+    check_pixels(width, height, max_pixels, name)
     buf = np.frombuffer(data, dtype=np.uint8)
     try:
         raw = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if buf.size else None
@@ -60,6 +63,23 @@ def png_header(data: bytes, name: str = "<bytes>") -> tuple[int, int, int, int]:
         raise BadImageError(f"{name}: PNG IHDR header chunk fails its CRC")
     width, height, bit_depth, colour_type = struct.unpack(">IIBB", fields[:10])
     return width, height, bit_depth, colour_type
+
+
+def header_size(data: bytes, name: str = "<bytes>") -> tuple[int, int]:
+    """(width, height) of a JPEG, PGM/PPM, BMP, TIFF or WebP from its header, without decoding.
+
+    PIL's Image.open reads only the header; the pixels would be decoded on first access, which
+    never happens here. Data whose header PIL cannot read is refused: its size is unknown.
+    """
+    try:
+        with warnings.catch_warnings():  # sizes above PIL's own bomb limit: check_pixels says it
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                return img.size
+    except Image.DecompressionBombError as exc:  # above twice PIL's limit (about 179 MP): refused there
+        raise BadImageError(f"{name}: declares too many pixels ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - PIL's format plugins raise many kinds on a broken header
+        raise BadImageError(f"{name}: not a readable image (no header PIL can read: {exc})") from None
 
 
 def check_png(data: bytes, max_pixels: int, name: str = "<bytes>",

@@ -1,13 +1,18 @@
-"""`inspectd bench chaos --out DIR`: hostile inputs at scale against real capture and refiner
-processes (`python -m inspectd capture|refine`, CURVE off as in the demo), then the table of
-inputs tried, crashes, frames lost, duplicates and what each input was counted as.
+"""`inspectd bench chaos --out DIR`: hostile inputs and faults at scale against real capture and
+refiner processes (`python -m inspectd capture|refine`), then the table of inputs tried,
+crashes, frames lost, duplicates and what each input was counted as, and DIR/results.json.
 
-The bench joins the line as a second capture (a PUSH socket every refiner also pulls from) and
-as a second refiner (a PUB socket the capture also subscribes to), so hostile messages arrive
-exactly where a misbehaving peer's would. Each case is a function `case(line, args, rng) ->
-CaseResult` in CASES; process faults (kills, a full spool) are cases of the same shape.
+The cases, in CASES (each `case(line, args, rng) -> CaseResult`):
+- malformed_frames: --frame-messages malformed frame messages (every case of
+  inspectd/eval/chaos.py, cycled) to the refiner, with good frames among them; the refiner's
+  idle and peak memory (VmRSS, VmHWM) around them;
+- refiner_kills, capture_kills, spool_full, spool_read_only, forged_acks_curve: process and
+  disk faults (inspectd/eval/chaos_faults.py);
+- malformed_results: --result-messages malformed and forged results (CURVE off: anyone may
+  publish) to the capture while its frames wait in the spool.
+The line itself (processes, ports, the result recorder) is inspectd/eval/chaos_line.py.
 
-Accounting: the bench parses every input it sends with the daemon's own parser and limits
+Accounting: the bench parses every message it sends with the daemon's own parser and limits
 (the oracle), so `uncounted` = inputs the daemon should have counted as bad but did not (or
 counted twice); `frames_lost` = good frames whose genuine result never came (or spooled frames
 deleted without one); `duplicates` = results published more than once for one frame.
@@ -16,19 +21,9 @@ deleted without one); `duplicates` = results published more than once for one fr
 from __future__ import annotations
 
 import ast
-import collections
 import json
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
-import threading
 import time
-import urllib.request
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
@@ -37,155 +32,10 @@ import zmq
 
 from inspectd.errors import InspectdError
 from inspectd.eval.chaos import frame_cases, result_cases
+from inspectd.eval.chaos_faults import capture_kills, forged_acks_curve, refiner_kills, spool_full, spool_read_only
+from inspectd.eval.chaos_line import CaseResult, Line, wait_for
 from inspectd.service.messages import MessageError, encode_frame, encode_result, parse_frame, parse_result
 from inspectd.service.settings import Settings, load_settings
-
-
-@dataclass
-class CaseResult:
-    name: str
-    inputs: int = 0
-    crashes: int = 0
-    frames_lost: int = 0
-    duplicates: int = 0
-    uncounted: int = 0
-    counted_as: dict = field(default_factory=dict)  # kind -> how many the daemon counted
-    notes: list = field(default_factory=list)
-    memory: dict = field(default_factory=dict)  # MB, where the case samples a process
-
-
-# --- the line under test -----------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Line:
-    """A refiner and a capture process on fresh loopback ports, plus the bench's own endpoints."""
-
-    def __init__(self, settings_file: str, out: Path, capture_frames: int):
-        self.settings_file, self.out, self.capture_frames = settings_file, out, capture_frames
-        self.spool = Path(tempfile.mkdtemp(prefix="inspectd-chaos-"))
-        ep = {name: f"tcp://127.0.0.1:{free_port()}" for name in ("frames", "results", "bench_frames",
-                                                                   "bench_results")}
-        self.endpoints = ep
-        self.ports = {"capture": free_port(), "refine": free_port()}
-        self.env = {**os.environ, "INSPECTD_SPOOL__DIR": str(self.spool),
-                    "INSPECTD_TRANSPORT__FRAMES_BIND": ep["frames"],
-                    "INSPECTD_TRANSPORT__FRAMES_CONNECT": json.dumps([ep["frames"], ep["bench_frames"]]),
-                    "INSPECTD_TRANSPORT__RESULTS_BIND": ep["results"],
-                    "INSPECTD_TRANSPORT__RESULTS_CONNECT": json.dumps([ep["results"], ep["bench_results"]])}
-        self.settings = load_settings(settings_file)  # limits, frame size, camera: as the processes see them
-        self.procs: dict[str, subprocess.Popen] = {}
-        self.context = zmq.Context()
-        self.results = ResultRecorder(self.context, ep["results"], self.settings.transport.max_frame_pixels)
-
-    # processes
-    def start(self, role: str, *extra: str) -> None:
-        log = open(self.out / f"{role}.log", "a")
-        env = {**self.env, "INSPECTD_METRICS__PORT": str(self.ports[role])}
-        self.procs[role] = subprocess.Popen([sys.executable, "-m", "inspectd", role, "--settings",
-                                             self.settings_file, *extra], env=env, stdout=log,
-                                            stderr=subprocess.STDOUT)
-        wait_for(lambda: self.scrape(role) is not None or self.procs[role].poll() is not None, 300)
-        if self.procs[role].poll() is not None:
-            raise InspectdError(f"chaos: {role} did not start; see {self.out / (role + '.log')}")
-
-    def stop(self, role: str) -> int | None:
-        proc = self.procs.get(role)
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            return proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            return proc.wait(5)
-
-    def crashed(self, role: str) -> bool:
-        """True (and restarted) when the process ended with a failure; False while it runs or ended cleanly."""
-        proc = self.procs[role]
-        if proc.poll() is None or proc.returncode == 0:
-            return False
-        self.start(role)
-        return True
-
-    def scrape(self, role: str) -> dict[str, float] | None:
-        """Every sample on the process's /metrics page, 'name{labels}' -> value; None when not served."""
-        try:
-            text = urllib.request.urlopen(f"http://127.0.0.1:{self.ports[role]}/metrics", timeout=5).read().decode()
-        except OSError:
-            return None
-        return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                if line and not line.startswith("#")}
-
-    def bad_inputs(self, role: str) -> collections.Counter:
-        samples = self.scrape(role) or {}
-        return collections.Counter({key.split('kind="')[1].rstrip('"}'): int(value) for key, value in samples.items()
-                                    if key.startswith("inspectd_bad_inputs_total{")})
-
-    def peak_rss_mb(self, role: str) -> tuple[float, float]:
-        """(current, peak) resident memory of a process, from /proc (VmRSS, VmHWM)."""
-        fields = dict(line.split(":", 1) for line in
-                      Path(f"/proc/{self.procs[role].pid}/status").read_text().splitlines() if ":" in line)
-        return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
-
-    def spooled(self) -> set[str]:
-        return {p.name for p in self.spool.glob("*.frame")}
-
-    def close(self) -> None:
-        for role in list(self.procs):
-            self.stop(role)
-        self.results.close()
-        self.context.destroy(linger=0)
-        shutil.rmtree(self.spool, ignore_errors=True)  # a benchmark's spool is throwaway
-
-
-class ResultRecorder:
-    """Every genuine result (from the real refiner's PUB), in a thread: frame_id -> times seen."""
-
-    def __init__(self, context: zmq.Context, endpoint: str, max_pixels: int):
-        self.seen: collections.Counter = collections.Counter()
-        self.unreadable = 0
-        self.sub = context.socket(zmq.SUB)
-        self.sub.linger = 0
-        self.sub.setsockopt_string(zmq.SUBSCRIBE, "defect.")
-        self.sub.connect(endpoint)
-        self.max_pixels, self.stop_event = max_pixels, threading.Event()
-        self.thread = threading.Thread(target=self.run, daemon=True)
-        self.thread.start()
-
-    def run(self) -> None:
-        while not self.stop_event.is_set():
-            if self.sub.poll(100):
-                try:
-                    result, _ = parse_result(self.sub.recv_multipart(), self.max_pixels)
-                except MessageError:  # the genuine refiner published something unreadable: a finding
-                    self.unreadable += 1
-                    continue
-                self.seen[(result["frame_id"], result.get("ack_token", ""))] += 1
-
-    def ids(self) -> set[str]:
-        return {frame_id for frame_id, _ in list(self.seen)}
-
-    def duplicates(self, frame_ids: set[str]) -> int:
-        return sum(n - 1 for (frame_id, _), n in list(self.seen.items()) if frame_id in frame_ids and n > 1)
-
-    def close(self) -> None:
-        self.stop_event.set()
-        self.thread.join(5)
-        self.sub.close()
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float, interval: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(interval)
-    return condition()
 
 
 # --- cases -------------------------------------------------------------------------------------
@@ -201,6 +51,9 @@ def good_frame(settings: Settings, frame_id: str, rng: np.random.Generator) -> l
     return encode_frame(header, part)
 
 
+MAX_VALID_MUTATIONS = 10  # mutations that are still valid frames sent to the refiner; the rest are skipped
+
+
 def malformed_frames(line: Line, args, rng: np.random.Generator) -> CaseResult:
     """Hostile frame messages (every case of inspectd/eval/chaos.py, cycled) to the refiner, a
     good frame every --good-every inputs; the refiner's memory is sampled around them."""
@@ -213,15 +66,20 @@ def malformed_frames(line: Line, args, rng: np.random.Generator) -> CaseResult:
     cases, base = frame_cases(), good_frame(line.settings, "chaos-base", rng)
     expected_size = (json.loads(base[0])["height"], json.loads(base[0])["width"])
     before, (idle_mb, _) = line.bad_inputs("refine"), line.peak_rss_mb("refine")
-    expected_bad, good_ids, valid_ids = 0, set(), set()
-    for n in range(args.frame_messages):
+    expected_bad, good_ids, valid_ids, skipped_valid, n = 0, set(), set(), 0, -1
+    while expected_bad < args.frame_messages:  # --frame-messages malformed ones, whatever the mutations give
+        n += 1
         name = list(cases)[n % len(cases)]
         parts = cases[name]([with_id(base[0], f"chaos-{n}"), base[1]], rng)
         try:
             header, _ = parse_frame(parts, expected_size=expected_size, **limits)
-            valid_ids.add(header["frame_id"])  # a mutation that is still a valid frame
         except MessageError:
             expected_bad += 1
+        else:  # a mutation that is still a valid frame (e.g. an optional field removed): refined
+            if len(valid_ids) >= MAX_VALID_MUTATIONS:
+                skipped_valid += 1  # seconds of refinement each, and not hostile: a few are enough
+                continue
+            valid_ids.add(header["frame_id"])
         push.send_multipart(parts)
         res.inputs += 1
         if n % args.good_every == 0:
@@ -230,14 +88,15 @@ def malformed_frames(line: Line, args, rng: np.random.Generator) -> CaseResult:
         res.crashes += line.crashed("refine")
     counted = lambda: sum((line.bad_inputs("refine") - before).values())  # noqa: E731
     wait_for(lambda: counted() >= expected_bad and good_ids | valid_ids <= line.results.ids(),
-             60 + 5 * len(good_ids | valid_ids))
+             60 + args.seconds_per_frame * len(good_ids | valid_ids))
     res.crashes += line.crashed("refine")
     res.counted_as = dict(line.bad_inputs("refine") - before)
     res.uncounted = abs(expected_bad - sum(res.counted_as.values()))
     res.frames_lost = len(good_ids - line.results.ids())
     res.duplicates = line.results.duplicates(good_ids)
     _, peak_mb = line.peak_rss_mb("refine")
-    res.notes.append(f"{len(good_ids)} good frames among them, {len(valid_ids)} mutations still valid (refined)")
+    res.notes.append(f"{len(good_ids)} good frames sent besides; {len(valid_ids)} mutations still valid frames "
+                     f"(sent, refined), {skipped_valid} more not sent")
     res.notes.append(f"refiner memory: idle {idle_mb:.0f} MB, peak {peak_mb:.0f} MB ({peak_mb / idle_mb:.2f}x)")
     res.memory = {"refiner_idle_mb": idle_mb, "refiner_peak_mb": peak_mb}
     push.close()
@@ -303,9 +162,15 @@ def malformed_results(line: Line, args, rng: np.random.Generator) -> CaseResult:
     return res
 
 
+# in this order the refiner started first serves the message and kill cases before any restart
 CASES: dict[str, Callable[[Line, object, np.random.Generator], CaseResult]] = {
     "malformed_frames": malformed_frames,
+    "refiner_kills": refiner_kills,
+    "capture_kills": capture_kills,
     "malformed_results": malformed_results,
+    "spool_full": spool_full,
+    "spool_read_only": spool_read_only,
+    "forged_acks_curve": forged_acks_curve,
 }
 
 
@@ -332,14 +197,21 @@ def capture_summary(log: Path) -> dict:
 
 
 # --- the bench ---------------------------------------------------------------------------------
+OPTIONS = ("settings", "frame_messages", "result_messages", "refiner_kills", "capture_kills", "disk_frames",
+           "curve_forgeries", "capture_frames", "good_every", "seconds_per_frame", "seed")
+
+
+def command_line(args) -> str:
+    """The command that reproduces this run, every option spelled out."""
+    options = " ".join(f"--{name.replace('_', '-')} {getattr(args, name)}" for name in OPTIONS)
+    return f"inspectd bench chaos --out {args.out} {options} --cases {','.join(args.cases)}"
+
+
 def run_chaos_bench(args) -> dict:
     from inspectd.eval.bench import machine
     from inspectd.service.models import ensure_demo_bundle
 
-    print(f"command: inspectd bench chaos --out {args.out} --settings {args.settings} --frame-messages "
-          f"{args.frame_messages} --result-messages {args.result_messages} --capture-frames {args.capture_frames} "
-          f"--good-every {args.good_every} --seconds-per-frame {args.seconds_per_frame} --cases "
-          f"{','.join(args.cases)} --seed {args.seed}\nmachine: {machine()}", flush=True)
+    print(f"command: {command_line(args)}\nmachine: {machine()}", flush=True)
     unknown = sorted(set(args.cases) - set(CASES))
     if unknown:
         raise InspectdError(f"chaos: unknown case(s) {', '.join(unknown)}; known: {', '.join(CASES)}")
@@ -354,11 +226,12 @@ def run_chaos_bench(args) -> dict:
         time.sleep(settings.transport.pub_grace_s + 0.5)  # the recorder's subscription is in place
         for name in args.cases:
             started = time.monotonic()
+            print(f"case {name} ...", flush=True)
             results.append(CASES[name](line, args, rng))
             results[-1].notes.append(f"{time.monotonic() - started:.1f} s")
     finally:
         line.close()
-    report = summarise(results) | {"command": " ".join(sys.argv), "machine": machine(),
+    report = summarise(results) | {"command": command_line(args), "machine": machine(),
                                    "unreadable_genuine_results": line.results.unreadable}
     print_table(results)
     (out / "results.json").write_text(json.dumps(report, indent=2))
@@ -370,7 +243,10 @@ def summarise(results: list[CaseResult]) -> dict:
     """results.json's top level (other tools read these names): the totals, then every case."""
     totals = {key: sum(getattr(r, key) for r in results)
               for key in ("inputs", "crashes", "frames_lost", "duplicates", "uncounted")}
-    return totals | {"cases": [asdict(r) for r in results]}
+    memory = [r.memory for r in results if r.memory.get("refiner_idle_mb")]
+    ratio = {"refiner_peak_over_idle": round(max(m["refiner_peak_mb"] / m["refiner_idle_mb"] for m in memory), 3)} \
+        if memory else {}
+    return totals | ratio | {"cases": [asdict(r) for r in results]}
 
 
 def print_table(results: list[CaseResult]) -> None:
@@ -378,6 +254,8 @@ def print_table(results: list[CaseResult]) -> None:
     for r in results:
         kinds = ", ".join(f"{k} {v:.0f}" for k, v in sorted(r.counted_as.items()) if v)
         print(f"{r.name:<40}{r.inputs:>8}{r.crashes:>9}{r.frames_lost:>6}{r.duplicates:>6}{r.uncounted:>11}  {kinds}")
+        if r.skipped:
+            print(f"{'':<4}skipped: {r.skipped}")
         for note in r.notes:
             print(f"{'':<4}{note}")
     total = {k: sum(getattr(r, k) for r in results) for k in ("inputs", "crashes", "frames_lost", "duplicates",
@@ -387,11 +265,20 @@ def print_table(results: list[CaseResult]) -> None:
 
 
 def add_chaos_parser(bsub, handler) -> None:
-    ch = bsub.add_parser("chaos", help="hostile messages at scale against real capture and refiner processes")
+    ch = bsub.add_parser("chaos", help="hostile messages, kill -9, full and read-only disks against real "
+                                       "capture and refiner processes")
     ch.add_argument("--out", required=True, help="folder for results.json and the processes' logs")
     ch.add_argument("--settings", default="configs/demo.yaml")
-    ch.add_argument("--frame-messages", type=int, default=10000, help="hostile frame messages to the refiner")
+    ch.add_argument("--frame-messages", type=int, default=10000,
+                    help="malformed frame messages to the refiner (mutations still valid do not count)")
     ch.add_argument("--result-messages", type=int, default=10000, help="hostile results to the capture")
+    ch.add_argument("--refiner-kills", type=int, default=5, help="kill -9 of the refiner while it refines a frame")
+    ch.add_argument("--capture-kills", type=int, default=3,
+                    help="kill -9 of the capture while frames wait in its spool")
+    ch.add_argument("--disk-frames", type=int, default=12,
+                    help="frames read onto the full (about 4 frames) and the read-only spool disk")
+    ch.add_argument("--curve-forgeries", type=int, default=1000,
+                    help="forged results on the CURVE line (half with no key, half with a key of their own)")
     ch.add_argument("--good-every", type=int, default=200, help="a good frame after every N hostile ones")
     ch.add_argument("--capture-frames", type=int, default=40, help="frames the capture reads (its flagged "
                                                                    "ones wait in the spool, forged results aim at them)")
