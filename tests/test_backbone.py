@@ -76,3 +76,32 @@ def test_offline_hub_weights_give_one_clear_error(monkeypatch):
 def test_no_packaged_weights_for_other_backbones():
     with pytest.raises(ConfigError, match="no package ships"):
         FeatureExtractor(BackboneConfig(name="resnet18", layers=[1], weights="package"))
+
+
+def test_body_stops_at_the_deepest_requested_layer():
+    """The blocks after the deepest requested layer are removed, and the features are those of
+    timm's untruncated body."""
+    fe = FeatureExtractor(BackboneConfig(layers=[2, 3]))
+    untruncated = timm.create_model(fe.cfg.name, features_only=True, out_indices=(2, 3))
+    untruncated.load_state_dict(fe.body.state_dict(), strict=False)
+    untruncated.eval()
+    assert len(fe.body.blocks) == 5 < len(untruncated.blocks) == 7
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        for got, want in zip(fe(x), untruncated((x - fe.mean) / fe.std)):
+            assert torch.equal(got, want)
+    assert len(FeatureExtractor(BackboneConfig(layers=[4])).body.blocks) == 7  # the deepest layer keeps all
+
+
+def test_bundle_with_the_unused_stages_still_loads(fitted, normals, tmp_path):
+    """A bundle written before the truncation stores the weights of the dropped stages."""
+    from inspectd.methods import load_method
+    from inspectd.methods import bundle as B
+
+    method = fitted["patchcore"]
+    bundle = method.save(tmp_path / "old")
+    state = B.load_tensors(bundle / "state.pt")
+    state["backbone.body.blocks.6.0.conv.weight"] = torch.zeros(320, 192, 1, 1)  # an old bundle's extra stage
+    B.add_files(bundle, {"state.pt": B.tensor_bytes(state)})
+    loaded = load_method(bundle)
+    assert np.array_equal(loaded.predict(normals[:1])[0], method.predict(normals[:1])[0])

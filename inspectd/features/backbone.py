@@ -63,6 +63,20 @@ def create_classifier(cfg: BackboneConfig) -> nn.Module:
     return model.eval()
 
 
+def drop_unused_stages(body: nn.Module) -> None:
+    """Remove the blocks after the deepest requested layer of an EfficientNet-style body.
+
+    timm's EfficientNetFeatures runs every block whatever out_indices asks for; with layers
+    [2, 3] of Lite0 the two stride-32 stages are a third of the forward pass and are thrown
+    away (F2PAD runs the forward pass once per iteration). Wrappers of other families
+    (FeatureListNet: ResNet, ...) already stop at the deepest requested layer.
+    """
+    stage_out = getattr(body, "_stage_out_idx", None)  # {stage: feature index}, stage i = after blocks[i-1]
+    blocks = getattr(body, "blocks", None)
+    if stage_out and isinstance(blocks, nn.Sequential) and getattr(body, "feature_hooks", None) is None:
+        body.blocks = blocks[: max(stage_out)]
+
+
 class FeatureExtractor(nn.Module):
     """Frozen backbone returning the selected feature maps for images in [0, 1], shape (B,3,H,W)."""
 
@@ -79,6 +93,7 @@ class FeatureExtractor(nn.Module):
             raise ConfigError(f"backbone {cfg.name!r}: unknown layer(s) {bad or cfg.layers}; available: {info}")
         self.body = _create(cfg.name, features_only=True, out_indices=tuple(sorted(cfg.layers)))
         self.body.load_state_dict(full.state_dict(), strict=False)
+        drop_unused_stages(self.body)
         self.body.eval().requires_grad_(False)
         mean = full.pretrained_cfg.get("mean", (0.485, 0.456, 0.406))
         std = full.pretrained_cfg.get("std", (0.229, 0.224, 0.225))
