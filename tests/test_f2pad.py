@@ -36,6 +36,18 @@ def test_mog_energy_is_the_nearest_component_mahalanobis():
     assert math.isclose(float(terms.mog_energy(px, means, precisions)), 0.05, rel_tol=1e-5)
 
 
+
+def test_mog_energy_with_full_precisions_matches_the_prior_s_numpy_energy():
+    """Correlated colour components (full precision matrices), as variational Bayes fits them."""
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(4, 3, 3))
+    precisions = (a @ a.transpose(0, 2, 1) + np.eye(3)).astype(np.float32)
+    prior = PixelPrior(rng.random((4, 3), dtype=np.float32), precisions, np.full(4, 0.25, np.float32))
+    px = rng.random((50, 3), dtype=np.float32)
+    want = prior.energy(px).sum()
+    got = float(terms.mog_energy(torch.from_numpy(px), *prior.tensors("cpu")))
+    assert math.isclose(got, want, rel_tol=1e-5)
+
 @pytest.mark.parametrize("term", ["log", "tv", "mog"])
 def test_terms_match_finite_differences(term):
     gen = torch.Generator().manual_seed(0)
