@@ -88,7 +88,7 @@ def test_body_stops_at_the_deepest_requested_layer():
     assert len(fe.body.blocks) == 5 < len(untruncated.blocks) == 7
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
-        for got, want in zip(fe(x), untruncated((x - fe.mean) / fe.std)):
+        for got, want in zip(fe.body(x), untruncated(x)):
             assert torch.equal(got, want)
     assert len(FeatureExtractor(BackboneConfig(layers=[4])).body.blocks) == 7  # the deepest layer keeps all
 
@@ -105,3 +105,31 @@ def test_bundle_with_the_unused_stages_still_loads(fitted, normals, tmp_path):
     B.add_files(bundle, {"state.pt": B.tensor_bytes(state)})
     loaded = load_method(bundle)
     assert np.array_equal(loaded.predict(normals[:1])[0], method.predict(normals[:1])[0])
+
+
+def test_inference_body_computes_the_plain_body_s_features_and_gradients():
+    """Batch norms folded into the convolutions, channels_last: the same function, within
+    float32 rounding, and the state dict keeps the plain body's weights."""
+    fe = FeatureExtractor(BackboneConfig(layers=[2, 3]))
+    keys = set(fe.state_dict())
+    x = torch.rand(1, 3, 64, 64, requires_grad=True)
+    plain = fe.body((x - fe.mean) / fe.std)
+    (g_plain,) = torch.autograd.grad(sum(m.sum() for m in plain), x)
+    fast = fe(x)
+    (g_fast,) = torch.autograd.grad(sum(m.sum() for m in fast), x)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fe.inference_body().modules())
+    for a, b in zip(plain, fast):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-4) and b.is_contiguous()
+    assert float((g_fast - g_plain).norm() / g_plain.norm()) < 1e-3  # ReLU6 may flip at its kinks
+    assert set(fe.state_dict()) == keys
+
+
+def test_inference_body_follows_new_weights():
+    """Loading other weights (a bundle's) rebuilds the folded copy."""
+    a = FeatureExtractor(BackboneConfig(layers=[2]))
+    b = FeatureExtractor(BackboneConfig(layers=[2], weights="none"))
+    x = torch.rand(1, 3, 32, 32)
+    before = b(x)[0]
+    b.load_state_dict(a.state_dict())
+    assert not torch.allclose(before, b(x)[0])
+    assert torch.allclose(b(x)[0], a(x)[0])

@@ -6,10 +6,12 @@ scoring, F2PAD's pixel optimisation and the ONNX graph - sees the same raw [0, 1
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass, field
 
 import timm
 import torch
+from timm.layers import BatchNormAct2d
 from torch import nn
 
 from inspectd.errors import ConfigError
@@ -77,6 +79,27 @@ def drop_unused_stages(body: nn.Module) -> None:
         body.blocks = blocks[: max(stage_out)]
 
 
+def fold_batch_norms(module: nn.Module) -> int:
+    """Fold every batch norm that directly follows a convolution (its sibling registered just
+    before it) into that convolution's weights, in place; returns how many were folded. A frozen
+    batch norm is a fixed per-channel affine map, so the network computes the same function
+    with one pass over each feature map less, forward and backward."""
+    folded = 0
+    children = list(module.named_children())
+    for (_, conv), (name, norm) in zip(children, children[1:]):
+        if isinstance(conv, nn.Conv2d) and type(norm) in (nn.BatchNorm2d, BatchNormAct2d) and norm.affine:
+            scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+            bias = conv.bias if conv.bias is not None else torch.zeros_like(norm.running_mean)
+            conv.weight = nn.Parameter(conv.weight * scale.view(-1, 1, 1, 1), requires_grad=False)
+            conv.bias = nn.Parameter((bias - norm.running_mean) * scale + norm.bias, requires_grad=False)
+            after = nn.Sequential(norm.drop, norm.act) if isinstance(norm, BatchNormAct2d) else nn.Identity()
+            setattr(module, name, after)
+            folded += 1
+    for _, child in module.named_children():
+        folded += fold_batch_norms(child)
+    return folded
+
+
 class FeatureExtractor(nn.Module):
     """Frozen backbone returning the selected feature maps for images in [0, 1], shape (B,3,H,W)."""
 
@@ -99,6 +122,7 @@ class FeatureExtractor(nn.Module):
         std = full.pretrained_cfg.get("std", (0.229, 0.224, 0.225))
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self._fast: dict = {}  # the body folded for inference, keyed by the weights it was built from
 
     @property
     def channels(self) -> list[int]:
@@ -113,4 +137,21 @@ class FeatureExtractor(nn.Module):
         return self
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        return self.body((images - self.mean) / self.std)
+        x = (images - self.mean) / self.std
+        if torch.jit.is_tracing():  # the ONNX export records the plain body (ONNX Runtime folds it itself)
+            return self.body(x)
+        maps = self.inference_body()(x.contiguous(memory_format=torch.channels_last))
+        return [m.contiguous() for m in maps]
+
+    def inference_body(self) -> nn.Module:
+        """The body with its batch norms folded into the convolutions, in channels_last layout:
+        the same function with about a third less CPU time per forward+backward pass (F2PAD
+        runs one per iteration). A copy, so the state dict (and every bundle) keeps the plain
+        body's weights; rebuilt whenever those weights change (loaded, moved to a device)."""
+        key = tuple((p.data_ptr(), p._version, p.device) for p in self.body.parameters())
+        if self._fast.get("key") != key:
+            fast = copy.deepcopy(self.body)
+            with torch.no_grad():
+                fold_batch_norms(fast)
+            self._fast = {"key": key, "body": fast.to(memory_format=torch.channels_last)}
+        return self._fast["body"]
