@@ -133,3 +133,15 @@ def test_inference_body_follows_new_weights():
     b.load_state_dict(a.state_dict())
     assert not torch.allclose(before, b(x)[0])
     assert torch.allclose(b(x)[0], a(x)[0])
+
+
+def test_a_body_the_folding_would_change_runs_unfolded(monkeypatch, caplog):
+    """If the folding pairs a batch norm with the wrong convolution, the plain body is used."""
+    import inspectd.features.backbone as backbone
+
+    def scramble(module):  # stands for a wrong pairing: the copy computes something else
+        next(module.parameters()).data.mul_(3.0)
+    monkeypatch.setattr(backbone, "fold_batch_norms", scramble)
+    fe = FeatureExtractor(BackboneConfig(layers=[2]))
+    assert fe.inference_body() is fe.body
+    assert "running it unfolded" in caplog.text

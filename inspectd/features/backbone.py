@@ -7,6 +7,7 @@ scoring, F2PAD's pixel optimisation and the ONNX graph - sees the same raw [0, 1
 from __future__ import annotations
 
 import copy
+import logging
 from dataclasses import asdict, dataclass, field
 
 import timm
@@ -17,6 +18,7 @@ from torch import nn
 from inspectd.errors import ConfigError
 from inspectd.features import weights as W
 
+log = logging.getLogger(__name__)
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 
 
@@ -87,7 +89,8 @@ def fold_batch_norms(module: nn.Module) -> int:
     folded = 0
     children = list(module.named_children())
     for (_, conv), (name, norm) in zip(children, children[1:]):
-        if isinstance(conv, nn.Conv2d) and type(norm) in (nn.BatchNorm2d, BatchNormAct2d) and norm.affine:
+        if isinstance(conv, nn.Conv2d) and type(norm) in (nn.BatchNorm2d, BatchNormAct2d) \
+                and norm.affine and norm.running_var is not None:
             scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
             bias = conv.bias if conv.bias is not None else torch.zeros_like(norm.running_mean)
             conv.weight = nn.Parameter(conv.weight * scale.view(-1, 1, 1, 1), requires_grad=False)
@@ -153,5 +156,18 @@ class FeatureExtractor(nn.Module):
             fast = copy.deepcopy(self.body)
             with torch.no_grad():
                 fold_batch_norms(fast)
-            self._fast = {"key": key, "body": fast.to(memory_format=torch.channels_last)}
+            fast = fast.to(memory_format=torch.channels_last)
+            self._fast = {"key": key, "body": fast if self._same_function(fast) else self.body}
         return self._fast["body"]
+
+    def _same_function(self, fast: nn.Module) -> bool:
+        """The folding pairs a batch norm with the convolution registered just before it, which
+        holds for timm's networks; a body where it does not is used unfolded."""
+        device = next(self.body.parameters()).device
+        x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0)).to(device)
+        with torch.no_grad():
+            same = all(torch.allclose(a, b, rtol=1e-3, atol=1e-3 * float(a.abs().max()))
+                       for a, b in zip(self.body(x), fast(x.contiguous(memory_format=torch.channels_last))))
+        if not same:
+            log.warning("backbone %s: folding its batch norms changes its output; running it unfolded", self.cfg.name)
+        return same

@@ -40,7 +40,6 @@ def share(grad: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return (patches * weights[None]).sum(1)
 
 
-
 def sharing_matrix(weights: torch.Tensor, flat_index: torch.Tensor) -> torch.Tensor:
     """`share` restricted to the optimised pixels, as a sparse (P,P) matrix S: shared = S @ grad.
 
