@@ -163,8 +163,8 @@ class FeatureExtractor(nn.Module):
     def _same_function(self, fast: nn.Module) -> bool:
         """The folding pairs a batch norm with the convolution registered just before it, which
         holds for timm's networks; a body where it does not is used unfolded."""
-        device = next(self.body.parameters()).device
-        x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0)).to(device)
+        weight = next(self.body.parameters())
+        x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0)).to(weight)
         with torch.no_grad():
             same = all(torch.allclose(a, b, rtol=1e-3, atol=1e-3 * float(a.abs().max()))
                        for a, b in zip(self.body(x), fast(x.contiguous(memory_format=torch.channels_last))))
