@@ -76,3 +76,74 @@ def test_offline_hub_weights_give_one_clear_error(monkeypatch):
 def test_no_packaged_weights_for_other_backbones():
     with pytest.raises(ConfigError, match="no package ships"):
         FeatureExtractor(BackboneConfig(name="resnet18", layers=[1], weights="package"))
+
+
+def test_body_stops_at_the_deepest_requested_layer():
+    """The blocks after the deepest requested layer are removed, and the features are those of
+    timm's untruncated body."""
+    fe = FeatureExtractor(BackboneConfig(layers=[2, 3]))
+    untruncated = timm.create_model(fe.cfg.name, features_only=True, out_indices=(2, 3))
+    untruncated.load_state_dict(fe.body.state_dict(), strict=False)
+    untruncated.eval()
+    assert len(fe.body.blocks) == 5 < len(untruncated.blocks) == 7
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        for got, want in zip(fe.body(x), untruncated(x)):
+            assert torch.equal(got, want)
+    assert len(FeatureExtractor(BackboneConfig(layers=[4])).body.blocks) == 7  # the deepest layer keeps all
+
+
+def test_bundle_with_the_unused_stages_still_loads(fitted, normals, tmp_path):
+    """A bundle written before the truncation stores the weights of the dropped stages."""
+    from inspectd.methods import load_method
+    from inspectd.methods import bundle as B
+
+    method = fitted["patchcore"]
+    bundle = method.save(tmp_path / "old")
+    state = B.load_tensors(bundle / "state.pt")
+    state["backbone.body.blocks.6.0.conv.weight"] = torch.zeros(320, 192, 1, 1)  # an old bundle's extra stage
+    B.add_files(bundle, {"state.pt": B.tensor_bytes(state)})
+    loaded = load_method(bundle)
+    assert np.array_equal(loaded.predict(normals[:1])[0], method.predict(normals[:1])[0])
+
+
+def test_inference_body_computes_the_plain_body_s_features_and_gradients():
+    """Batch norms folded into the convolutions, channels_last: the same function (checked in
+    float64, where rounding cannot hide a difference), and the state dict keeps the plain
+    body's weights."""
+    fe = FeatureExtractor(BackboneConfig(layers=[2, 3])).double()
+    keys = set(fe.state_dict())
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x.requires_grad_(True)
+    plain = fe.body((x - fe.mean) / fe.std)
+    (g_plain,) = torch.autograd.grad(sum(m.sum() for m in plain), x)
+    fast = fe(x)
+    (g_fast,) = torch.autograd.grad(sum(m.sum() for m in fast), x)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fe.inference_body().modules())
+    for a, b in zip(plain, fast):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-10) and b.is_contiguous()
+    assert float((g_fast - g_plain).norm() / g_plain.norm()) < 1e-10
+    assert set(fe.state_dict()) == keys
+
+
+def test_inference_body_follows_new_weights():
+    """Loading other weights (a bundle's) rebuilds the folded copy."""
+    a = FeatureExtractor(BackboneConfig(layers=[2]))
+    b = FeatureExtractor(BackboneConfig(layers=[2], weights="none"))
+    x = torch.rand(1, 3, 32, 32)
+    before = b(x)[0]
+    b.load_state_dict(a.state_dict())
+    assert not torch.allclose(before, b(x)[0])
+    assert torch.allclose(b(x)[0], a(x)[0])
+
+
+def test_a_body_the_folding_would_change_runs_unfolded(monkeypatch, caplog):
+    """If the folding pairs a batch norm with the wrong convolution, the plain body is used."""
+    import inspectd.features.backbone as backbone
+
+    def scramble(module):  # stands for a wrong pairing: the copy computes something else
+        next(module.parameters()).data.mul_(3.0)
+    monkeypatch.setattr(backbone, "fold_batch_norms", scramble)
+    fe = FeatureExtractor(BackboneConfig(layers=[2]))
+    assert fe.inference_body() is fe.body
+    assert "running it unfolded" in caplog.text

@@ -182,3 +182,17 @@ def test_fit_with_defects_then_deployed_eval_leaves_them_out(tmp_path, capsys):
     assert 0.0 <= result["pixel_f1"] <= 1.0 and "not deployable" in result["oracle_coarse"]["note"]
     overlays = list((tmp_path / "deployed").glob("*.png"))
     assert overlays, "overlay PNGs are written for a person to look at"
+
+
+def test_openmp_threads_wait_passively_unless_the_environment_says_otherwise():
+    """inspectd sets OMP_WAIT_POLICY before torch starts OpenMP (see inspectd/__init__.py)."""
+    import os
+    import subprocess
+    import sys
+
+    probe = "import inspectd, torch, os; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    run = lambda env: subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True,  # noqa: E731
+                                     check=True).stdout.strip()
+    assert run(env) == "PASSIVE"
+    assert run({**env, "OMP_WAIT_POLICY": "ACTIVE"}) == "ACTIVE"

@@ -8,7 +8,7 @@ from conftest import paste_square
 from inspectd.errors import BadImageError, ConfigError, InspectdError
 from inspectd.refine import F2PADSettings, PixelPrior, refine
 from inspectd.refine import terms
-from inspectd.refine.sharing import share, sharing_weights
+from inspectd.refine.sharing import share, sharing_matrix, sharing_weights
 
 
 def iou(a, b):
@@ -35,6 +35,18 @@ def test_mog_energy_is_the_nearest_component_mahalanobis():
     # 0.01 (first component) + 4 * 0.01 (second component)
     assert math.isclose(float(terms.mog_energy(px, means, precisions)), 0.05, rel_tol=1e-5)
 
+
+
+def test_mog_energy_with_full_precisions_matches_the_prior_s_numpy_energy():
+    """Correlated colour components (full precision matrices), as variational Bayes fits them."""
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(4, 3, 3))
+    precisions = (a @ a.transpose(0, 2, 1) + np.eye(3)).astype(np.float32)
+    prior = PixelPrior(rng.random((4, 3), dtype=np.float32), precisions, np.full(4, 0.25, np.float32))
+    px = rng.random((50, 3), dtype=np.float32)
+    want = prior.energy(px).sum()
+    got = float(terms.mog_energy(torch.from_numpy(px), *prior.tensors("cpu")))
+    assert math.isclose(got, want, rel_tol=1e-5)
 
 @pytest.mark.parametrize("term", ["log", "tv", "mog"])
 def test_terms_match_finite_differences(term):
@@ -102,6 +114,25 @@ def test_sharing_a_constant_gradient_keeps_it_and_colour_edges_block_it():
     shared = share(left_only, w)
     assert float(shared[:, :, 4:].abs().max()) < 1e-6  # nothing leaks across the colour edge
 
+
+
+def test_sharing_matrix_is_share_at_the_optimised_pixels():
+    """The sparse form gives the image form's result at the optimised pixels, for the whole
+    region (touching the crop's border) and for a subset of it (re-estimation), where the
+    pixels left out have no gradient."""
+    gen = torch.Generator().manual_seed(1)
+    img = torch.rand(3, 12, 10, generator=gen)
+    active = torch.zeros(12, 10, dtype=torch.bool)
+    active[0:7, 3:10] = True
+    active[3, 5] = False
+    w = sharing_weights(img, active, 5, 3.0, 0.05)
+    roi = active.flatten().nonzero()[:, 0]
+    for flat in (roi, roi[::3]):
+        grad = torch.randn(len(flat), 3, generator=gen)
+        image_grad = torch.zeros(3, 12 * 10)
+        image_grad[:, flat] = grad.T
+        want = share(image_grad.view(3, 12, 10), w).flatten(1)[:, flat].T
+        assert torch.allclose(sharing_matrix(w, flat) @ grad, want, atol=1e-6)
 
 # --- pixel prior -----------------------------------------------------------------------------
 def test_prior_fits_the_colours_and_round_trips(normals):

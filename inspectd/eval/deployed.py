@@ -83,9 +83,11 @@ def evaluate_deployed(model: str | Path, data: str | Path, out: str | Path | Non
     if limit:
         keep = keep[:limit]
     test = test.subset(keep)
-    runs: list[NativeInspection] = [chain.inspect(img) for img in tqdm(
+    timed = [inspect_timed(chain, img) for img in tqdm(
         test.images, desc="deployed chain", unit="img", disable=not progress, leave=False)]
+    runs = [run for run, _ in timed]
     result = summarise(test, runs)
+    result.update(refine_cost(runs, [cpu for _, cpu in timed]))
     height, width = test.images.shape[1:3]
     screen_maps = np.stack([cv2.resize(r.screen_map, (width, height), interpolation=cv2.INTER_LINEAR) for r in runs])
     oracle_threshold, oracle_f1 = metrics.f1_optimal_threshold(test.masks, screen_maps)
@@ -109,6 +111,24 @@ def evaluate_deployed(model: str | Path, data: str | Path, out: str | Path | Non
         print(f"overlays (image | truth | coarse | final): {folder}/")
     print(f"written: {out}")
     return result
+
+
+def inspect_timed(chain: NativeChain, image: np.ndarray) -> tuple[NativeInspection, float]:
+    """One frame through the chain, and the CPU seconds the process spent on it (all threads)."""
+    started = time.process_time()
+    run = chain.inspect(image)
+    return run, time.process_time() - started
+
+
+def refine_cost(runs: list[NativeInspection], cpu_seconds: list[float]) -> dict:
+    """What a refined frame costs in counts that do not grow when other jobs share the cores
+    (wall seconds do): CPU seconds of the whole frame and F2PAD iterations."""
+    refined = [i for i, r in enumerate(runs) if r.refine_seconds is not None]
+    cpu = [cpu_seconds[i] for i in refined]
+    iterations = [runs[i].iterations for i in refined]
+    return {"refine_cpu_seconds_median": float(np.median(cpu)) if cpu else float("nan"),
+            "refine_iterations_median": float(np.median(iterations)) if iterations else float("nan"),
+            "refine_iterations_total": int(np.sum(iterations))}
 
 
 def summarise(test, runs: list[NativeInspection]) -> dict:
@@ -159,6 +179,9 @@ def format_table(r: dict) -> str:
                      f"{pct(g['good_defect_rate']):>13}{num(g['pixel_f1'], '.3f'):>7}{num(g['coarse_pixel_f1'], '.3f'):>9}"
                      f"{num(g['mean_iou'], '.1f'):>7}{num(g['coarse_mean_iou'], '.1f'):>10}{pct(g['area_within_10pct']):>9}"
                      f"{num(g['refine_seconds_median'], '.2f'):>7}{num(g['refine_seconds_p90'], '.2f'):>7}")
+    if "refine_cpu_seconds_median" in r:
+        lines.append(f"refined frames: median {num(r['refine_cpu_seconds_median'], '.2f')} CPU s, "
+                     f"median {num(r['refine_iterations_median'], '.0f')} F2PAD iterations")
     o = r.get("oracle_coarse")
     if o:
         lines.append(f"oracle (threshold picked on this test set, not deployable): coarse pixel F1 {o['pixel_f1']:.3f}")

@@ -204,6 +204,13 @@ class AnomalyMethod(nn.Module, ABC):
         }
         return B.write_bundle(out_dir, files, {"method": self.name, "model_id": model_id(out_dir)})
 
+    def _without_unused_backbone_weights(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Bundles written before the backbone stopped at its deepest used layer
+        (features.backbone.drop_unused_stages) carry the weights of the stages after it: they
+        are never used, so they are dropped instead of failing the strict load."""
+        own = self.state_dict().keys()
+        return {k: v for k, v in state.items() if k in own or not k.startswith("backbone.body.")}
+
     def _prepare_for_state(self, state: dict[str, torch.Tensor]) -> None:
         """Give fitted buffers the shapes stored in `state` (e.g. a memory bank's size)."""
         for key, value in state.items():
@@ -216,7 +223,7 @@ class AnomalyMethod(nn.Module, ABC):
     def from_bundle(cls, bundle_dir: Path, manifest: dict, cfg: dict) -> "AnomalyMethod":
         config = cls.Config.from_dict(cfg["config"])
         method = cls(config, load_weights=False)  # weights come from the bundle's own state
-        state = B.load_tensors(bundle_dir / STATE_FILE)
+        state = method._without_unused_backbone_weights(B.load_tensors(bundle_dir / STATE_FILE))
         method._prepare_for_state(state)
         try:
             method.load_state_dict(state)

@@ -26,7 +26,7 @@ from inspectd.errors import BadImageError, InspectdError
 from inspectd.refine import terms
 from inspectd.refine.prior import PixelPrior
 from inspectd.refine.settings import F2PADSettings
-from inspectd.refine.sharing import share, sharing_weights
+from inspectd.refine.sharing import sharing_matrix, sharing_weights
 
 CROP_ALIGN = 32  # crop corners on multiples of the largest backbone stride keep feature grids aligned
 
@@ -175,17 +175,14 @@ def solve(problem: Problem, z0: torch.Tensor, s: F2PADSettings, lam1: float, max
     opt = Adan([z], lr=s.lr)
     history: list[float] = []
     parts: dict = {}
-    shape = problem.crop.shape
+    sharing = sharing_matrix(weights, problem.flat_index) if weights is not None else None
     for it in range(max_iters):
         opt.zero_grad()
         loss, parts = problem.loss(z, lam1)
         loss.backward()
         history.append(float(loss.detach()))
-        if weights is not None:
-            grad_img = torch.zeros(shape, device=z.device).flatten(1)
-            grad_img[:, problem.flat_index] = z.grad.T
-            shared = share(grad_img.view(shape), weights).flatten(1)
-            z.grad = shared[:, problem.flat_index].T.contiguous()
+        if sharing is not None:
+            z.grad = sharing @ z.grad
         before = z.detach().clone()
         opt.step()
         with torch.no_grad():
