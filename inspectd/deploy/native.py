@@ -24,6 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from inspectd.data.images import screening_input
 from inspectd.deploy.inspector import DEFECT, OK, Inspector, coarse_threshold, judge
 from inspectd.geometry import Box, CroppedMask, box_to_native, mask_box
 
@@ -56,11 +57,9 @@ class NativeInspection:
 
 
 def downscale(frame: np.ndarray, size: int) -> np.ndarray:
-    """The frame at the screening bundle's size (area averaging, as cv2 shrinks)."""
-    if frame.shape[:2] == (size, size):
-        return frame
-    interp = cv2.INTER_AREA if min(frame.shape[:2]) > size else cv2.INTER_LINEAR
-    return np.ascontiguousarray(cv2.resize(frame, (size, size), interpolation=interp))
+    """The frame (8-bit or float RGB) at the bundle's size as float RGB (area averaging; an
+    8-bit frame is shrunk before it becomes float)."""
+    return screening_input(frame, size)
 
 
 def flagged_regions(score_map: np.ndarray, threshold: float, native_hw: tuple[int, int]) -> list[Box]:
