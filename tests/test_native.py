@@ -77,6 +77,57 @@ def test_native_mask_beats_the_upsampled_low_resolution_mask(bundles):
     assert abs(x - truth.nonzero()[1].min()) < 20 and abs(y - truth.nonzero()[0].min()) < 20
 
 
+WHOLE_HW = (800, 1000)  # a whole-frame bundle at SMALL px: about 7x smaller than these frames
+
+
+def whole_frame(seed: int) -> np.ndarray:
+    return np.ascontiguousarray(native_frame(seed)[:WHOLE_HW[0], :WHOLE_HW[1]])
+
+
+@pytest.fixture(scope="module")
+def whole_frame_bundle(tmp_path_factory):
+    """A whole-frame bundle fitted on 1000x800 frames shrunk to SMALL px."""
+    from inspectd.deploy.native import downscale
+
+    bundle = tmp_path_factory.mktemp("native-whole") / "whole"
+    fit_bundle("patchcore", "<brick>", bundle, {"image_size": SMALL}, holdout=0.25, progress=False,
+               train=np.stack([downscale(whole_frame(seed), SMALL) for seed in range(6)]), calibration=CALIBRATION)
+    return bundle
+
+
+def test_whole_frame_bundle_refined_at_native_pixels_beats_its_upsampled_mask(whole_frame_bundle):
+    """whole_frame="native": F2PAD's variables are the frame's own pixels, the whole-frame bundle's
+    features are taken on them shrunk to its size; the upsampled 128-px solve draws the stain's
+    outline in blocks about 7 native pixels wide and misses its thin tail."""
+    import cv2
+
+    frame = whole_frame(99)
+    canvas = np.zeros(WHOLE_HW, np.uint8)
+    cv2.ellipse(canvas, (430, 340), (60, 34), 25, 0, 360, 1, -1)
+    cv2.line(canvas, (475, 362), (560, 410), 1, 7)
+    truth = canvas.astype(bool)
+    frame[truth] = np.clip(frame[truth] + 0.45, 0, 1)
+    upsampled = NativeChain.from_bundles(whole_frame_bundle, device="cpu").refine(frame)
+    native = NativeChain.from_bundles(whole_frame_bundle, device="cpu", whole_frame="native").refine(frame)
+    native_iou, upsampled_iou = iou(native.full_mask(), truth), iou(upsampled.full_mask(), truth)
+    assert native_iou > upsampled_iou + 0.1, (native_iou, upsampled_iou)
+    area = sum(d["area_px"] for d in native.defects)
+    assert abs(area - truth.sum()) < 0.5 * truth.sum(), (area, truth.sum())
+
+
+def test_native_settings_carry_bundle_pixels_to_native_pixels_by_rule():
+    from inspectd.refine.f2pad import native_settings
+    from inspectd.refine.settings import F2PADSettings
+
+    s = F2PADSettings(dilate_px=8, close_px=4, lam=0.03, lam2=0.002, lam3=0.05, ref_area=1000.0, tau=0.08)
+    n = native_settings(s, 4.0, 4.0)
+    assert (n.dilate_px, n.close_px) == (32, 16)  # lengths: the linear ratio
+    assert n.lam == pytest.approx(0.03 / 16) and n.lam2 == pytest.approx(0.002 / 16)  # sums over pixels: the area
+    assert n.ref_area == pytest.approx(16000) and n.lam3 == pytest.approx(0.05 / 4)  # TV sums edge lengths
+    assert (n.tau, n.eps, n.context_px, n.loss_margin_px) == (s.tau, s.eps, s.context_px, s.loss_margin_px)
+    assert native_settings(s, 1.0, 1.0) is s
+
+
 def test_tile_bundle_alone_cannot_screen(bundles):
     _, refiner = bundles
     with pytest.raises(ValueError, match="screening bundle"):
