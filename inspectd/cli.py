@@ -71,7 +71,8 @@ def cmd_eval(args) -> None:
         from inspectd.eval.deployed import evaluate_deployed
 
         evaluate_deployed(args.model, args.data, out=args.out, limit=args.limit, overlays=args.overlays,
-                          device=args.device, screening=args.screening, stride=args.stride)
+                          device=args.device, screening=args.screening, stride=args.stride,
+                          whole_frame=args.whole_frame)
         return
     from inspectd.eval.runner import evaluate_bundle
 
@@ -145,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=0, help="--deployed: only the first N test images (quick look)")
     p.add_argument("--stride", type=int, default=1,
                    help="--deployed: every K-th test image (a quick look across all defect types; 1 = all)")
+    p.add_argument("--whole-frame", choices=["upsample", "native"], default="upsample",
+                   help="--deployed, a whole-frame bundle on larger images: refine the downscaled image and "
+                        "upsample its mask, or solve F2PAD at native pixels with features at the bundle's scale")
     p.add_argument("--overlays", type=int, default=8, help="--deployed: overlay PNGs to write (0 = none)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="--deployed: torch device")
     p.add_argument("--screening", help="--deployed: the screening bundle (default: --model screens too); needed "

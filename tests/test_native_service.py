@@ -83,3 +83,49 @@ def test_results_carry_a_preview_of_their_defects_when_the_line_asks(tmp_path):
         assert centre[..., 2].mean() > 200 and centre[..., 1].mean() < 80  # the magenta patch, in RGB order
     finally:
         stop.set()
+
+
+def jpeg_frames(n: int):
+    """Native frames as a folder camera delivers them (JPEG bytes, still encoded); every other one
+    with the tinted patch, on JPEG's 16-pixel colour blocks (its edges ring less)."""
+    from inspectd.data.images import EncodedImage
+
+    for i in range(n):
+        image = np.empty((*NATIVE, 3), np.uint8)
+        image[:] = (128, 115, 102)
+        if i % 2:
+            image[288:336, 512:560] = (255, 25, 153)
+        data = cv2.imencode(".jpg", image[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 98])[1].tobytes()
+        yield Frame(f"testcam-jpeg-{i:04d}", "testcam", 1.0 + i, None, encoded=EncodedImage(data, f"{i}.jpg"))
+
+
+def test_encoded_frames_are_screened_small_and_only_flagged_ones_decoded_in_full(tmp_path):
+    settings = service_settings(tmp_path, transport={"max_message_bytes": 4_000_000})
+    double = ColourAxisScreenerDouble()
+    seen_sizes, sent = [], []
+
+    def screen(image):
+        seen_sizes.append(image.shape)
+        return double(image)
+
+    chain = ChainSettings(screen_threshold=double.threshold, pixel_threshold=double.threshold)
+    stop = threading.Event()
+    start_thread(run_refiner, settings, ThresholdRefinerDouble(), stop)
+    got, ready = [], threading.Event()
+    start_thread(lambda: got.extend(results(settings, stop, camera="testcam", ready=ready)))
+    assert ready.wait(10)
+    summary = run_capture(settings, screen, stop, threshold=double.threshold, frames=iter(jpeg_frames(4)),
+                          chain=chain, image_size=64, on_frame=lambda f, flagged: sent.append((f, flagged)))
+    try:
+        assert summary["unacked"] == 0 and seen_sizes == [(64, 64, 3)] * 4
+        # the native pixels exist only for the flagged frames, and as 8 bit
+        assert [f.image is not None for f, _ in sent] == [flagged for _, flagged in sent] == [False, True] * 2
+        assert all(f.image.dtype == np.uint8 and f.image.shape == (*NATIVE, 3) for f, flagged in sent if flagged)
+        assert wait_until(lambda: len(got) == 2, 10)
+        for result, mask in got:
+            assert (mask.height, mask.width) == NATIVE
+            # refined on the native frame: to JPEG's ringing (a pixel or two); a screening pixel is 12
+            bbox = result["defects"][0]["bbox"]
+            assert np.abs(np.subtract(bbox, [512, 288, 48, 48])).max() <= 2, bbox
+    finally:
+        stop.set()

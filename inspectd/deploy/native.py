@@ -7,8 +7,10 @@ coarse-mask rule turns its map into flagged regions, mapped to native pixels exa
 - a tile bundle (`inspectd fit --tile T`, fitted on T x T crops of native-resolution normal
   images) refines T x T windows of native pixels around each region, so its features have the
   scale they were fitted at; masks, areas and axes come out in native pixels;
-- a whole-frame bundle (today's pipeline) refines the downscaled frame and its mask is
-  upsampled to the native size.
+- a whole-frame bundle either refines the downscaled frame and its mask is upsampled to the
+  native size ("upsample", today's pipeline), or ("native") F2PAD solves for the native pixels of
+  the flagged frame while the bundle's features are taken on X_N shrunk to the bundle's size
+  (f2pad.refine_native): features at the scale they were fitted at, outlines at native pixels.
 
 Nothing here allocates a full-frame feature map: features are computed on the downscaled frame
 or on T x T windows, and masks travel as crops around their regions (geometry.CroppedMask).
@@ -24,8 +26,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from inspectd.data.images import screening_input
 from inspectd.deploy.inspector import DEFECT, OK, Inspector, coarse_threshold, judge
 from inspectd.geometry import Box, CroppedMask, box_to_native, mask_box
+from inspectd.refine.f2pad import refine_native
 
 WINDOW_OVERLAP = 0.25  # share of a window shared with its neighbour when a region needs several
 
@@ -56,11 +60,9 @@ class NativeInspection:
 
 
 def downscale(frame: np.ndarray, size: int) -> np.ndarray:
-    """The frame at the screening bundle's size (area averaging, as cv2 shrinks)."""
-    if frame.shape[:2] == (size, size):
-        return frame
-    interp = cv2.INTER_AREA if min(frame.shape[:2]) > size else cv2.INTER_LINEAR
-    return np.ascontiguousarray(cv2.resize(frame, (size, size), interpolation=interp))
+    """The frame (8-bit or float RGB) at the bundle's size as float RGB (area averaging; an
+    8-bit frame is shrunk before it becomes float)."""
+    return screening_input(frame, size)
 
 
 def flagged_regions(score_map: np.ndarray, threshold: float, native_hw: tuple[int, int]) -> list[Box]:
@@ -121,17 +123,25 @@ def cut(frame: np.ndarray, box: Box, tile: int) -> np.ndarray:
     return np.ascontiguousarray(crop, dtype=np.float32)
 
 
-class NativeChain:
-    """Screening on the downscaled frame + refinement in native pixels (tile bundle) or on the
-    downscaled frame with the mask upsampled (whole-frame bundle)."""
+WHOLE_FRAME_MODES = ("upsample", "native")
 
-    def __init__(self, refiner: Inspector, screener: Inspector | None = None, tile: int | None = None):
+
+class NativeChain:
+    """Screening on the downscaled frame + refinement in native pixels (tile bundle), or with a
+    whole-frame bundle either on the downscaled frame with its mask upsampled ("upsample") or at
+    native pixels with features taken at the bundle's scale ("native")."""
+
+    def __init__(self, refiner: Inspector, screener: Inspector | None = None, tile: int | None = None,
+                 whole_frame: str = "upsample"):
+        if whole_frame not in WHOLE_FRAME_MODES:
+            raise ValueError(f"whole_frame must be one of {WHOLE_FRAME_MODES}, got {whole_frame!r}")
         self.refiner, self.screener = refiner, screener or refiner
         self.tile = tile  # None: the refiner is a whole-frame bundle
+        self.whole_frame = whole_frame
 
     @classmethod
     def from_bundles(cls, refiner_dir: str | Path, screening_dir: str | Path | None = None,
-                     device: str = "auto") -> "NativeChain":
+                     device: str = "auto", whole_frame: str = "upsample") -> "NativeChain":
         from inspectd.bundle import load_calibration
 
         refiner = Inspector.from_bundle(refiner_dir, device=device)
@@ -140,7 +150,7 @@ class NativeChain:
             raise ValueError(f"{refiner_dir} is a tile bundle (fitted on {tile} px crops): it refines native "
                              "crops but cannot screen whole frames; give a screening bundle too")
         screener = Inspector.from_bundle(screening_dir, device=device) if screening_dir else None
-        return cls(refiner, screener, int(tile) if tile else None)
+        return cls(refiner, screener, int(tile) if tile else None, whole_frame)
 
     def screen(self, frame: np.ndarray) -> tuple[float, bool, list[Box], np.ndarray]:
         """(image score, flagged, native regions, screening map) of one native frame."""
@@ -168,7 +178,9 @@ class NativeChain:
         if regions is None:
             score, _, regions, _ = self.screen(frame)
         started = time.perf_counter()
-        if self.tile is None:
+        if self.tile is None and self.whole_frame == "native" and frame.shape[:2] != (self.refiner.image_size,) * 2:
+            result = self.refine_native(frame, score, px_per_mm)
+        elif self.tile is None:
             result = self.refine_whole(frame, score, px_per_mm)
         else:
             result = self.refine_windows(frame, regions, score, px_per_mm)
@@ -188,6 +200,24 @@ class NativeChain:
         return NativeInspection(h, w, score, True, decision, windows=[whole],
                                 coarse=CroppedMask.around(coarse), mask=CroppedMask.around(mask), defects=defects,
                                 iterations=int(run.stats.get("iterations", 0)))
+
+    def refine_native(self, frame: np.ndarray, score: float | None, px_per_mm: float | None) -> NativeInspection:
+        """A whole-frame bundle at native pixels: its coarse map from the frame shrunk to its size,
+        then F2PAD solved on the native pixels with the features taken on X_N shrunk back to that
+        size (f2pad.refine_native), so the mask's outline is drawn at native resolution."""
+        h, w = frame.shape[:2]
+        if frame.dtype == np.uint8:  # F2PAD's pixels are float in [0, 1]
+            frame = frame.astype(np.float32) / 255.0
+        inspector = self.refiner
+        coarse_map, peak = inspector.screen(downscale(frame, inspector.image_size))
+        threshold = coarse_threshold(inspector.settings, peak)
+        run = refine_native(frame, inspector.method, coarse_map, inspector.prior,
+                            inspector.settings.f2pad.replace(threshold=threshold), inspector.references)
+        score_map = cv2.resize(coarse_map, (w, h), interpolation=cv2.INTER_LINEAR)
+        decision, defects, mask = judge(run.mask, score_map, self.native_min_area(frame), px_per_mm)
+        return NativeInspection(h, w, peak if score is None else score, True, decision, windows=[Box(0, 0, w, h)],
+                                coarse=CroppedMask.around(run.coarse_mask), mask=CroppedMask.around(mask),
+                                defects=defects, iterations=int(run.stats.get("iterations", 0)))
 
     def native_min_area(self, frame: np.ndarray) -> int:
         """The smallest defect, calibrated on the downscaled frame, in native pixels."""

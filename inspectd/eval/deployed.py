@@ -73,8 +73,8 @@ def score_group(truths, coarse, final, flagged, decisions, seconds, labels, area
 
 def evaluate_deployed(model: str | Path, data: str | Path, out: str | Path | None = None, limit: int = 0,
                       overlays: int = 8, device: str = "auto", progress: bool = True,
-                      screening: str | Path | None = None, stride: int = 1) -> dict:
-    chain = NativeChain.from_bundles(model, screening, device=device)
+                      screening: str | Path | None = None, stride: int = 1, whole_frame: str = "upsample") -> dict:
+    chain = NativeChain.from_bundles(model, screening, device=device, whole_frame=whole_frame)
     inspector = chain.refiner
     test = load_test(data, None, progress=progress)  # scored at the data's own resolution
     used = {str(Path(p).resolve()) for p in (load_calibration(model) or {}).get("defects_used", [])}
@@ -97,6 +97,7 @@ def evaluate_deployed(model: str | Path, data: str | Path, out: str | Path | Non
                           "threshold": oracle_threshold, "pixel_f1": oracle_f1},
         "chain": inspector.settings.to_dict(), "model": str(model), "data": str(data), "method": inspector.method.name,
         "screening": str(screening) if screening else str(model), "tile": chain.tile,
+        "whole_frame": None if chain.tile else chain.whole_frame,
         "resolution": [int(height), int(width)],
         "defects_left_out": len(used), "stride": stride, "command": command_line(), "machine": machine(),
         "date": time.strftime("%Y-%m-%d %H:%M"),

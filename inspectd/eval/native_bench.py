@@ -1,8 +1,8 @@
 """`inspectd bench native`: what camera-resolution frames cost the daemon.
 
-- screening frames/s per frame size, as the capture does it: JPEG decode, float RGB, downscale
-  to the screening bundle's size, ONNX Runtime; the ratio is against 256x256 frames measured
-  in the same run;
+- screening frames/s per frame size, through the capture's code (Frame.for_screening): JPEG
+  decode at reduced size, 8-bit downscale to the screening bundle's size, float, ONNX Runtime;
+  the ratio is against 256x256 frames measured in the same run;
 - the frame message at 5 MP (the native frame as PNG) against sending only a flagged crop:
   bytes and encode time; the result message with one defect (mask crop);
 - peak memory (ru_maxrss) of a fresh process that screens, and one that refines (a tile bundle
@@ -38,22 +38,26 @@ def generated_frame(hw: tuple[int, int], seed: int = 0) -> np.ndarray:
     return np.repeat(np.clip(grey, 0, 255).astype(np.uint8)[..., None], 3, axis=2)
 
 
-def screen_encoded(screen, data: bytes) -> float:
-    """The capture's per-frame work on a camera frame: decode, float RGB, screen (downscaled)."""
-    from inspectd.data.images import decode_image
+def screen_encoded(screen, size: int, data: bytes) -> float:
+    """The capture's per-frame work on a camera frame, through the capture's own code
+    (Frame.for_screening): reduced JPEG decode, 8-bit downscale, float at the screening size,
+    ONNX Runtime."""
+    from inspectd.data.images import EncodedImage
+    from inspectd.service.capture import Frame
 
-    _, score = screen(decode_image(data, "frame"))
+    frame = Frame("bench", "cam0", time.time(), None, encoded=EncodedImage(data, "frame"))
+    _, score = screen(frame.for_screening(size))
     return score
 
 
-def screening_fps(screen, hw: tuple[int, int], frames: int) -> dict:
+def screening_fps(screen, size: int, hw: tuple[int, int], frames: int) -> dict:
     encoded = [cv2.imencode(".jpg", generated_frame(hw, s), [cv2.IMWRITE_JPEG_QUALITY, 92])[1].tobytes()
                for s in range(3)]
-    screen_encoded(screen, encoded[0])  # warm-up
+    screen_encoded(screen, size, encoded[0])  # warm-up
     latencies = []
     for i in range(frames):
         t0 = time.perf_counter()
-        screen_encoded(screen, encoded[i % len(encoded)])
+        screen_encoded(screen, size, encoded[i % len(encoded)])
         latencies.append(time.perf_counter() - t0)
     lat = np.asarray(latencies)
     return {"fps": float(len(lat) / lat.sum()), "p50_ms": float(np.median(lat) * 1000),
@@ -109,7 +113,7 @@ def child_main(role: str, size: str, screening: str, refiner: str) -> None:
     if role == "screen":
         screener = OnnxScreener(Path(screening), device="cpu")
         idle = rss_gb()
-        frame = generated_frame(SIZES[size]).astype(np.float32) / 255
+        frame = generated_frame(SIZES[size])  # the capture keeps a native frame in 8 bit
         screener(downscale(frame, screener.size))
     else:
         tile_bundle = Path(refiner or screening)
@@ -125,20 +129,16 @@ def run_native_bench(args) -> dict:
     from inspectd.eval.bench import machine
     from inspectd.methods import load_method
     from inspectd.methods.export import ONNX_FILE, OnnxScreener, export_to_bundle
-    from inspectd.deploy.native import downscale
 
     screening = Path(args.screening)
     if not (screening / ONNX_FILE).is_file():
         export_to_bundle(load_method(screening), screening)
     onnx = OnnxScreener(screening, device="cpu")
 
-    def screen(frame):
-        return onnx(downscale(frame, onnx.size))
-
     print("command: inspectd " + " ".join(sys.argv[1:]))
     print(f"machine: {machine()}")
     sizes = [s for s in args.sizes.split(",") if s]
-    fps = {s: screening_fps(screen, SIZES[s], args.frames) for s in ["256", *[s for s in sizes if s != "256"]]}
+    fps = {s: screening_fps(onnx, onnx.size, SIZES[s], args.frames) for s in ["256", *[s for s in sizes if s != "256"]]}
     base = fps["256"]["fps"]
     for s, r in fps.items():
         r["ratio_vs_256"] = round(r["fps"] / base, 3)

@@ -123,8 +123,9 @@ class Problem:
 
     def __init__(self, method, crop: torch.Tensor, roi: torch.Tensor, init: torch.Tensor, offset_cells,
                  loss_cells: torch.Tensor, threshold: float, prior: PixelPrior | None, s: F2PADSettings,
-                 lam1: float):
+                 lam1: float, feature_hw: tuple[int, int] | None = None):
         self.method, self.crop, self.roi, self.s, self.lam1 = method, crop, roi, s, lam1
+        self.feature_hw = feature_hw  # the crop's size at the bundle's scale (None: the crop's own)
         self.flat_index = roi.flatten().nonzero()[:, 0]
         self.observed = crop.flatten(1)[:, self.flat_index].T  # (P,3) pixels of X in the ROI
         self.start = init.flatten(1)[:, self.flat_index].T.clone()
@@ -132,8 +133,17 @@ class Problem:
         self.threshold = threshold
         self.prior = prior.tensors(crop.device) if (prior is not None and s.lam2 > 0) else None
         with torch.no_grad():
-            feats0 = method.features(self.assemble(self.start)[None])
+            feats0 = self.features(self.assemble(self.start))
         self.scorer = method.refine_scorer(feats0, offset_cells, loss_cells > 0)
+
+    def features(self, xn: torch.Tensor) -> torch.Tensor:
+        """The method's features of X_N (3,H,W). A native-resolution crop is first shrunk to the
+        bundle's scale by area averaging (differentiable), so the features have the scale they
+        were fitted at while the variables stay native pixels."""
+        x = xn[None]
+        if self.feature_hw is not None and tuple(x.shape[-2:]) != tuple(self.feature_hw):
+            x = F.interpolate(x, size=self.feature_hw, mode="area")
+        return self.method.features(x)
 
     def restricted_to(self, keep: torch.Tensor, z: torch.Tensor) -> "Problem":
         """The same objective with only the ROI pixels `keep` as variables, the others fixed at z."""
@@ -150,7 +160,7 @@ class Problem:
     def loss(self, z: torch.Tensor, lam1: float | None = None) -> tuple[torch.Tensor, dict]:
         lam1 = self.lam1 if lam1 is None else lam1
         xn = self.assemble(z)
-        feature = self.scorer(self.method.features(xn[None])).sum() / self.threshold
+        feature = self.scorer(self.features(xn)).sum() / self.threshold
         total = feature
         parts = {"feature": float(feature.detach())}
         if lam1 > 0:
@@ -210,21 +220,62 @@ def converged(history: list[float], s: F2PADSettings, it: int) -> bool:
 def refine(image: np.ndarray, method, coarse_map: np.ndarray, prior: PixelPrior | None = None,
            settings: F2PADSettings | None = None, references: np.ndarray | None = None) -> RefineResult:
     """Refine one image. `coarse_map` is the method's anomaly map at image resolution."""
-    s = settings or F2PADSettings()
-    started = time.perf_counter()
-    image = as_rgb(image)
-    coarse_map = np.asarray(coarse_map, dtype=np.float32)
+    image, coarse_map = as_rgb(image), np.asarray(coarse_map, dtype=np.float32)
     if coarse_map.shape != image.shape[:2]:
         raise BadImageError(f"F2PAD: coarse map {coarse_map.shape} does not match image {image.shape[:2]}")
+    return solve_image(image, method, coarse_map, prior, settings or F2PADSettings(), references)
+
+
+def refine_native(image: np.ndarray, method, coarse_map: np.ndarray, prior: PixelPrior | None = None,
+                  settings: F2PADSettings | None = None, references: np.ndarray | None = None) -> RefineResult:
+    """Refine a camera-resolution image (H, W) with a bundle fitted at a smaller scale.
+
+    `coarse_map` is the method's map of the image shrunk to the bundle's size (h, w). X_N's
+    variables, the sparsity, prior and TV terms and the mask are native pixels; the method's
+    features are taken on X_N shrunk back to (h, w) by area averaging (differentiable), the scale
+    they were fitted at. `settings` and `references` are the bundle's, at its scale
+    (native_settings carries them to native pixels).
+    """
+    image, coarse_map = as_rgb(image), np.asarray(coarse_map, dtype=np.float32)
+    if coarse_map.ndim != 2 or coarse_map.shape[0] > image.shape[0] or coarse_map.shape[1] > image.shape[1]:
+        raise BadImageError(f"F2PAD: coarse map {coarse_map.shape} is not a downscale of image {image.shape[:2]}")
+    return solve_image(image, method, coarse_map, prior, settings or F2PADSettings(), references)
+
+
+def native_settings(s: F2PADSettings, ry: float, rx: float) -> F2PADSettings:
+    """Settings calibrated at the bundle's scale for an image ry x rx times larger, by rule: a
+    length in pixels (dilate_px, close_px) scales with the linear ratio; a term summed over pixels
+    (sparsity, prior) has ry * rx native pixels per bundle pixel, so its weight is divided by the
+    area ratio (and ref_area, an area, multiplied by it); total variation sums edge lengths, so
+    its weight is divided by the linear ratio. Colour units (tau, eps, lr, clip) have no scale;
+    context_px and loss_margin_px stay at the bundle's scale, where the features are taken."""
+    area = ry * rx
+    r = math.sqrt(area)
+    if area == 1.0:
+        return s
+    return s.replace(dilate_px=round(s.dilate_px * r), close_px=round(s.close_px * r), lam=s.lam / area,
+                     ref_area=s.ref_area * area, lam2=s.lam2 / area, lam3=s.lam3 / r)
+
+
+def solve_image(image: np.ndarray, method, coarse_map: np.ndarray, prior: PixelPrior | None, bundle: F2PADSettings,
+                references: np.ndarray | None) -> RefineResult:
+    """F2PAD on `image`, whose map `coarse_map` may be at a smaller (the bundle's) scale."""
+    started = time.perf_counter()
     if not method.differentiable:
         raise InspectdError(f"F2PAD: method {method.name} has no differentiable score map")
-    threshold = s.threshold if s.threshold is not None else method.thresholds.get("pixel")
+    threshold = bundle.threshold if bundle.threshold is not None else method.thresholds.get("pixel")
     if threshold is None or not np.isfinite(threshold) or threshold <= 0:
         raise InspectdError("F2PAD: no coarse-map threshold (settings.threshold or the bundle's pixel threshold)")
 
-    coarse = coarse_map > threshold
+    (H, W), (h, w) = image.shape[:2], coarse_map.shape
+    scaled = (H, W) != (h, w)
+    s = native_settings(bundle, H / h, W / w)  # the same settings when the scales agree
+    # the map upsampled (bilinear) before thresholding: the coarse outline is not blocky
+    native_map = cv2.resize(coarse_map, (W, H), interpolation=cv2.INTER_LINEAR) if scaled else coarse_map
+    coarse = native_map > threshold
     stats = {"threshold": float(threshold), "settings": s.to_dict(), "coarse_area": int(coarse.sum())}
-    h, w = coarse.shape
+    if scaled:
+        stats["scale"] = [H / h, W / w]
     if not coarse.any():
         return finished(image, image, coarse, coarse, coarse, s, stats, started, "empty coarse mask")
     roi = dilate(coarse, s.dilate_px)
@@ -232,32 +283,59 @@ def refine(image: np.ndarray, method, coarse_map: np.ndarray, prior: PixelPrior 
         return finished(image, image, coarse, coarse, coarse, s, stats, started,
                         f"coarse mask covers {roi.mean():.0%} of the image (> max_roi_fraction): returned as is")
 
+    if scaled and s.inpaint == "nearest" and references is not None:
+        references = nearest_reference(image, roi, references)
     init = inpaint(image, roi, s.inpaint, references)
     init_mask = np.linalg.norm(image - init, axis=2) > s.tau
     device = resolve_device(s.device)
     method.to(device)
-    y0, y1, x0, x1 = crop_box(roi, s.context_px, (h, w))
+    # the crop is chosen on the bundle's grid (corners on its strides), then mapped to native pixels
+    roi_small = shrink_mask(roi, (h, w)) if scaled else roi
+    y0, y1, x0, x1 = crop_box(roi_small, bundle.context_px, (h, w))
+    Y0, Y1, X0, X1 = native_span(y0, y1, h, H) + native_span(x0, x1, w, W)
     stride = method.feature_stride
     to_t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
-    crop = to_t(image[y0:y1, x0:x1]).permute(2, 0, 1).contiguous()
-    init_crop = to_t(init[y0:y1, x0:x1]).permute(2, 0, 1).contiguous()
-    roi_crop = to_t(roi[y0:y1, x0:x1])
-    cells = loss_cells(roi[y0:y1, x0:x1], s.loss_margin_px, stride, crop.shape[-2:], device)
+    crop = to_t(image[Y0:Y1, X0:X1]).permute(2, 0, 1).contiguous()
+    init_crop = to_t(init[Y0:Y1, X0:X1]).permute(2, 0, 1).contiguous()
+    roi_crop = to_t(roi[Y0:Y1, X0:X1])
+    cells = loss_cells(roi_small[y0:y1, x0:x1], bundle.loss_margin_px, stride, (y1 - y0, x1 - x0), device)
     lam1 = s.lam * (s.ref_area / max(int(coarse.sum()), 1)) ** s.size_power  # the paper's size-scaled weight
     problem = Problem(method, crop, roi_crop, init_crop, (y0 // stride, x0 // stride), cells, float(threshold),
-                      prior, s, lam1)
+                      prior, s, lam1, feature_hw=(y1 - y0, x1 - x0))
     weights = (sharing_weights(crop, roi_crop, s.neighbourhood, s.sigma_spatial, s.sigma_colour)
                if s.share_gradients and s.neighbourhood > 1 else None)
     z, solve_stats = solve(problem, problem.start, s, lam1, s.max_iters, weights)
     a_norm = (problem.observed - z).norm(dim=1)
     in_mask = a_norm > s.tau
-    stats.update(solve_stats, lam1=lam1, crop=[y0, y1, x0, x1], roi_area=int(roi.sum()))
+    stats.update(solve_stats, lam1=lam1, crop=[Y0, Y1, X0, X1], roi_area=int(roi.sum()))
     if s.reestimate and bool(in_mask.any()):
         z = reestimate(problem, z, in_mask, s, weights, stats)
     normal = image.copy()
-    normal[y0:y1, x0:x1] = problem.assemble(z).permute(1, 2, 0).cpu().numpy()
+    normal[Y0:Y1, X0:X1] = problem.assemble(z).permute(1, 2, 0).cpu().numpy()
     mask = anomaly_mask(image - normal, s.tau, s.close_px, s.fill_holes)
     return finished(image, normal, coarse, init_mask, mask, s, stats, started, "refined")
+
+
+def native_span(start: int, stop: int, small: int, native: int) -> tuple[int, int]:
+    """[start, stop) on an axis of `small` pixels as native pixels of an axis of `native`."""
+    if small == native:
+        return start, stop
+    return round(start * native / small), native if stop >= small else round(stop * native / small)
+
+
+def shrink_mask(mask: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """A native mask at (h, w): a small pixel belongs to it when any of its native pixels does."""
+    return cv2.resize(mask.astype(np.float32), (hw[1], hw[0]), interpolation=cv2.INTER_AREA) > 0
+
+
+def nearest_reference(image: np.ndarray, roi: np.ndarray, references: np.ndarray) -> np.ndarray:
+    """The normal reference (bundle scale) closest to the image outside the ROI, picked at the
+    bundle's scale and only that one upsampled to the image's size."""
+    h, w = references.shape[1:3]
+    small = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
+    keep = ~shrink_mask(roi, (h, w))
+    best = int(np.argmin([((ref[keep] - small[keep]) ** 2).mean() for ref in references]))
+    return cv2.resize(references[best], (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)[None]
 
 
 def reestimate(problem: Problem, z: torch.Tensor, in_mask: torch.Tensor, s: F2PADSettings, weights, stats) -> torch.Tensor:

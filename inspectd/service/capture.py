@@ -28,7 +28,8 @@ from typing import Callable, Iterator
 import cv2
 import numpy as np
 
-from inspectd.data.images import list_images, read_image, resize_image, to_float_rgb
+from inspectd.data.images import JPEG_SOI, EncodedImage, list_images, read_image, resize_image, screening_input, to_float_rgb, \
+    to_rgb8
 from inspectd.data.synth import DefectSynthesizer, SynthConfig
 from inspectd.data.textures import texture_parts
 from inspectd.errors import BadImageError, ConfigError
@@ -43,10 +44,37 @@ class Frame:
     id: str
     camera: str
     timestamp: float  # capture time, seconds since the epoch
-    image: np.ndarray  # float32 RGB (H, W, 3) in [0, 1]
+    # RGB (H, W, 3): float32 in [0, 1], or 8 bit for a native camera frame (3 bytes a pixel);
+    # None while `encoded` holds the frame (decoded by pixels() only when it is needed)
+    image: np.ndarray | None
     truth: np.ndarray | None = None  # bool (H, W) defect mask, known only on the demo line
     source: str = ""  # file name, URL or "demo"
     extra: dict = field(default_factory=dict)
+    encoded: EncodedImage | None = None  # a native frame as its file (a folder's JPEG)
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        """(height, width) in native pixels, known without decoding."""
+        if self.image is None:
+            return self.encoded.height, self.encoded.width
+        return self.image.shape[0], self.image.shape[1]
+
+    def pixels(self) -> np.ndarray:
+        """The native frame (a flagged frame's message carries it), decoded once."""
+        if self.image is None:
+            self.image = self.encoded.decode()
+        return self.image
+
+    def for_screening(self, size: int | None) -> np.ndarray:
+        """The screening model's float input at size x size, made as cheaply as the frame allows:
+        an encoded JPEG is decoded at reduced size, 8-bit frames shrink in 8 bit. The same code
+        serves `inspectd bench native`. size None (a model of any size): the float frame."""
+        if size is None:
+            image = self.pixels()
+            return image if image.dtype == np.float32 else to_float_rgb(image)
+        if self.image is None:
+            return screening_input(self.encoded.decode_at_least(size), size)
+        return screening_input(self.image, size)
 
 
 class Backoff:
@@ -167,16 +195,29 @@ def folder_frames(settings: CaptureSettings, camera: str, stop: threading.Event,
             if key is None or key in journal:
                 continue
             try:
-                image = read_image(path, settings.size)
+                image, encoded = read_folder_image(path, settings.size)
             except Exception as exc:  # corrupt, a PNG declaring a huge size, ...: skip it, never stop
                 log.warning("skipping %s: %s", path.name, exc)
                 on_error("bad_frame")
                 journal.add(key)
                 continue
-            yield Frame(folder_frame_id(camera, path, key), camera, time.time(), image, source=path.name)
+            yield Frame(folder_frame_id(camera, path, key), camera, time.time(), image, source=path.name,
+                        encoded=encoded)
             journal.add(key)
         if not settings.watch or (yield from idle_wait(settings.poll_s, stop)):
             return
+
+
+def read_folder_image(path: Path, size: int | None) -> tuple[np.ndarray | None, EncodedImage | None]:
+    """(image, None) resized to capture.size; at native size (size None) a JPEG stays encoded
+    (screening decodes it at reduced size, a flagged frame in full), any other format is decoded
+    to 8-bit RGB. Declared sizes are checked before decoding either way."""
+    if size is not None:
+        return read_image(path, size), None
+    encoded = EncodedImage(path.read_bytes(), path.name)
+    if encoded.data[:2] == JPEG_SOI:
+        return None, encoded
+    return encoded.decode(), None
 
 
 def file_key(path: Path) -> str | None:
@@ -246,7 +287,8 @@ def video_frames(settings: CaptureSettings, camera: str, stop: threading.Event,
                     on_error("bad_frame")
                     continue
                 backoff.reset()
-                image = resize_image(raw, settings.size) if settings.size else raw
+                # a native frame stays 8 bit (screening shrinks it before any float conversion)
+                image = to_float_rgb(resize_image(raw, settings.size)) if settings.size else raw
                 yield Frame(next_id(), camera, time.time(), image, source=str(uri))
         finally:
             cap.release()
@@ -259,13 +301,14 @@ def video_frames(settings: CaptureSettings, camera: str, stop: threading.Event,
 
 
 def read_until_lost(cap: cv2.VideoCapture, stop: threading.Event) -> Iterator[np.ndarray | None]:
-    """Float RGB frames; None for a frame that decodes to garbage; returns when the stream ends."""
+    """RGB frames as the camera gives them (8 bit; other depths as float); None for a frame that
+    decodes to garbage; returns when the stream ends."""
     while not stop.is_set():
         ok, raw = cap.read()
         if not ok or raw is None:
             return
         try:
-            yield to_float_rgb(raw, "camera frame", bgr=True)
+            yield to_rgb8(raw, "camera frame", bgr=True)
         except BadImageError as exc:
             log.warning("bad camera frame: %s", exc)
             yield None

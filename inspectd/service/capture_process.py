@@ -223,7 +223,7 @@ class CaptureLoop:
 
     def screen_and_spool(self, frame: Frame) -> bool:
         m = self.metrics
-        height, width = frame.image.shape[:2]
+        height, width = frame.hw
         if height * width > self.settings.transport.max_frame_pixels:
             log.warning("frame %s: %dx%d exceeds transport.max_frame_pixels=%d; dropped", frame.id, width, height,
                         self.settings.transport.max_frame_pixels)
@@ -231,7 +231,7 @@ class CaptureLoop:
             return False
         started = time.perf_counter()
         try:
-            score_map, score = self.screening.screen(frame.image)
+            score_map, score = self.screening.screen(frame.for_screening(self.screening.image_size))
         except Exception as exc:  # one bad frame or model hiccup must not stop the line
             log.warning("screening frame %s failed: %s", frame.id, exc)
             m.drops.labels("screening_failed").inc()
@@ -255,8 +255,8 @@ class CaptureLoop:
                   "ack_token": secrets.token_hex(16)}  # echoed by the genuine result only: see FrameSender
         if self.screening.chain is not None:
             threshold = coarse_threshold(self.screening.chain, float(np.max(score_map)))
-            header["regions"] = flagged_regions(score_map, threshold, frame.image.shape[:2])
-        parts = encode_frame(header, frame.image)
+            header["regions"] = flagged_regions(score_map, threshold, frame.hw)
+        parts = encode_frame(header, frame.pixels())
         size = sum(len(p) for p in parts)
         if size > self.settings.transport.max_message_bytes:
             log.warning("frame %s: %d bytes exceeds transport.max_message_bytes; dropped", frame.id, size)
@@ -271,7 +271,7 @@ def run_capture(settings: Settings, screen: ScreenFn, stop_event: threading.Even
                 reload: Callable[[], Screening] | None = None, reload_event: threading.Event | None = None,
                 frames: Iterator[Frame | None] | None = None, metrics: ServiceMetrics | None = None,
                 notifier: Notifier | None = None, on_frame: Callable[[Frame, bool], None] | None = None,
-                chain: ChainSettings | None = None) -> dict:
+                chain: ChainSettings | None = None, image_size: int | None = None) -> dict:
     """Run until the source ends and every flagged frame is acked, or until stop_event.
 
     `threshold` is the model's image threshold; settings.screening.threshold overrides it.
@@ -279,6 +279,8 @@ def run_capture(settings: Settings, screen: ScreenFn, stop_event: threading.Even
     `reload` is called after SIGHUP (or when reload_event is set) between two frames.
     `frames` replaces the configured source; `on_frame(frame, flagged)` observes each frame.
     `chain` (the screening bundle's ChainSettings) makes flagged frames carry their regions.
+    `image_size` (the model's square input) lets each frame be shrunk to it as cheaply as its
+    form allows (Frame.for_screening) before `screen` sees it.
     Returns counts. On return the spool keeps every unacked frame for the next start.
     """
     threshold = settings.screening.threshold if settings.screening.threshold is not None else threshold
@@ -302,7 +304,8 @@ def run_capture(settings: Settings, screen: ScreenFn, stop_event: threading.Even
     except BaseException:  # e.g. the port is taken: release the context and the authenticator thread
         transport.close()
         raise
-    loop = CaptureLoop(settings, Screening(screen, float(threshold), model_id, chain, normal_scores), metrics, spool)
+    loop = CaptureLoop(settings, Screening(screen, float(threshold), model_id, chain, normal_scores, image_size),
+                      metrics, spool)
     source = frames if frames is not None else open_source(
         settings.capture, settings.camera_id, stop_event, lambda reason: metrics.source_errors.labels(reason).inc(),
         journal=folder_journal_path(settings))

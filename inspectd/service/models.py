@@ -108,7 +108,7 @@ def load_refiner(settings: Settings, bundle: Path) -> Refinement:
                                       screen_threshold=settings.screening.threshold,
                                       min_defect_area_px=settings.refiner.min_area_px, f2pad=settings.refiner.f2pad)
     tile = (load_calibration(bundle) or {}).get("tile")
-    chain = NativeChain(inspector, tile=int(tile) if tile else None)
+    chain = NativeChain(inspector, tile=int(tile) if tile else None, whole_frame=settings.refiner.whole_frame)
 
     def refine_frame(image: np.ndarray, header: dict) -> RefinedFrame:
         regions = header.get("regions") or [Box(0, 0, image.shape[1], image.shape[0])]
@@ -118,7 +118,7 @@ def load_refiner(settings: Settings, bundle: Path) -> Refinement:
                  "windows": len(run.windows)}
         return RefinedFrame(run.decision, run.defects, run.mask, stats)
 
-    scale = f"native crops of {tile} px" if tile else f"frames at {inspector.image_size} px"
+    scale = f"native crops of {tile} px" if tile else f"frames at {inspector.image_size} px ({chain.whole_frame})"
     log.info("refining with %s (F2PAD, %s) on %s: %s", bundle.name, scale, inspector.device, inspector.settings)
     return Refinement(refine=refine_frame, model_id=inspector.model_id, image_size=None,
                       min_area_px=inspector.settings.min_defect_area_px)

@@ -82,6 +82,10 @@ class RefinerSettings(Section):
     # F2PAD settings (inspectd/refine/settings.py: lam, tau, close_px, ...) that override the
     # bundle's calibrated ones for this line; unset keys keep the bundle's
     f2pad: dict = Field(default_factory=dict)
+    # a whole-frame bundle on frames larger than its size: "upsample" refines the frame shrunk to
+    # the bundle's size and upsamples the mask; "native" solves F2PAD at the frame's own pixels
+    # with the bundle's features taken at its scale (README "Native resolution")
+    whole_frame: Literal["upsample", "native"] = "upsample"
     # a frame is given up (published as decision "error", moved to the dead-letter folder beside
     # the spool) after refining it failed this many times, or a refiner died on it this many times
     max_attempts: int = Field(3, ge=1)
