@@ -177,3 +177,14 @@ def test_windows_cover_the_region_inside_the_frame(start, length, frame):
     assert covered[start:start + length].all()
     boxes = windows_for(Box(start, start, length, length), (frame, frame), tile)
     assert all(b.w == min(tile, frame) for b in boxes)
+
+
+def test_a_window_of_an_8bit_frame_is_float_in_unit_range():
+    from inspectd.deploy.native import cut
+
+    frame = np.full((40, 50, 3), 255, np.uint8)
+    frame[:, :25] = 51
+    window = cut(frame, Box(10, 5, 30, 30), 32)  # clipped at the frame's border, reflected to 32
+    assert window.dtype == np.float32 and window.shape == (32, 32, 3)
+    assert window.min() == pytest.approx(0.2) and window.max() == 1.0
+    assert np.array_equal(cut(frame.astype(np.float32) / 255, Box(10, 5, 30, 30), 32), window)

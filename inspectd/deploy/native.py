@@ -115,11 +115,14 @@ def windows_for(region: Box, frame_hw: tuple[int, int], tile: int) -> list[Box]:
 
 
 def cut(frame: np.ndarray, box: Box, tile: int) -> np.ndarray:
-    """The window's pixels, reflected out to tile x tile when the frame is smaller than a tile."""
+    """The window's pixels as float RGB in [0, 1] (an 8-bit frame is converted window by window,
+    never whole), reflected out to tile x tile when the frame is smaller than a tile."""
     crop = frame[box.slices]
     pad_y, pad_x = tile - crop.shape[0], tile - crop.shape[1]
     if pad_y or pad_x:
         crop = cv2.copyMakeBorder(np.ascontiguousarray(crop), 0, pad_y, 0, pad_x, cv2.BORDER_REFLECT_101)
+    if crop.dtype == np.uint8:
+        return crop.astype(np.float32) / 255.0
     return np.ascontiguousarray(crop, dtype=np.float32)
 
 
