@@ -288,3 +288,20 @@ def test_refine_applies_the_mask_settings_to_its_anomaly(fitted, defect_case, pr
                       fill_holes=True)
     out = refine(image, fitted["padim"], amap, prior, s)
     assert np.array_equal(out.mask, anomaly_mask(out.anomaly, s.tau, 2, True))
+
+
+def test_the_solve_runs_on_one_cpu_thread_and_restores_the_setting(fitted, defect_case, prior, monkeypatch):
+    image, truth, amap = defect_case
+    method = fitted["padim"]
+    seen = []
+    features = method.features
+    monkeypatch.setattr(method, "features", lambda x: (seen.append(torch.get_num_threads()), features(x))[1])
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        out = refine(image, method, amap, prior, F2PADSettings(threshold=coarse_threshold(amap, truth), max_iters=25,
+                                                               device="cpu"))
+        assert out.stats["iterations"] > 0 and seen.count(1) >= out.stats["iterations"]  # every solver pass
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
