@@ -63,7 +63,14 @@ def test_fit_writes_the_chain_calibration(bundle):
     synthetic = calibration["evidence"]["synthetic_set"]
     assert synthetic["flagged_share"] >= 0.5 or synthetic["contrast_range"][1] >= 0.8
     # the grid that chose the settings is kept as evidence, one entry per combination tried
-    assert len(calibration["evidence"]["f2pad_grid_mean_iou"]) == 2
+    grid = calibration["evidence"]["f2pad_grid_mean_iou"]
+    assert len(grid) == 2
+    # every candidate was scored with the minimum defect area its own normal probes gave; the chosen
+    # one is deployed with its own
+    chosen = [k for k in grid if f"tau={chain['f2pad']['tau']} " in k]
+    assert chosen == [next(k for k in grid if k.endswith(f"min_area={chain['min_defect_area_px']}")
+                           and f"tau={chain['f2pad']['tau']} " in k)]
+    assert grid[chosen[0]] == max(grid.values())
     config = json.loads((bundle / "config.json").read_text())
     assert config["thresholds"] == {"pixel": chain["pixel_threshold"], "image": chain["screen_threshold"]}
 

@@ -18,7 +18,9 @@ saved in the bundle (calibration.json), so `inspectd fit` alone gives a deployab
   normal images, run through the chain itself. The set is as subtle as this detector can still
   see (contrast raised only until half of it is flagged); labelled real defects, when given,
   count as much as all the synthetic ones together.
-- min_defect_area_px: larger than what F2PAD leaves on the highest-scoring normal images.
+- min_defect_area_px: larger than what F2PAD leaves on the highest-scoring normal images. It
+  depends on lam and tau (a lower tau leaves larger false regions), so every candidate is scored
+  with its own minimum area, exactly as it would be deployed.
 - drift reference: the held-out normal images' screening scores, kept so the running line can
   tell when its normal parts stop scoring like them (inspectd/deploy/drift.py).
 """
@@ -80,9 +82,11 @@ def calibrate_chain(method, prior, fit_images: np.ndarray, holdout: np.ndarray, 
     base = F2PADSettings(size_power=0, inpaint=chosen_inpaint, dilate_px=int(method.feature_stride))
     chain = ChainSettings(screen_threshold=threshold, pixel_threshold=threshold, f2pad=base)
     *synthetic, synthetic_info = visible_synthetic_set(method, holdout, c.synthetic_images, c.seed, threshold)
-    best, table = choose_f2pad(method, prior, references, chain, synthetic, defects, c, progress)
+    probes = normal_probes(holdout, maps, scores, chain, c.normal_probes)
+    best, table, normal_areas = choose_f2pad(method, prior, references, chain, synthetic, defects, probes, c,
+                                             progress)
+    min_area = best.pop("min_defect_area_px")
     chain.f2pad = base.replace(**best)
-    min_area, normal_areas = min_defect_area(method, prior, references, chain, holdout, maps, scores, c)
     chain.min_defect_area_px = min_area
     f2pad_chosen = {k: v for k, v in chain.f2pad.to_dict().items() if k != "device"}
     return {
@@ -167,58 +171,58 @@ def closing_radius(method) -> int:
     return max(1, int(max(strides)) // 4)
 
 
-def choose_f2pad(method, prior, references, chain: ChainSettings, synthetic, defects, c: CalibrationConfig,
-                 progress: bool) -> tuple[dict, dict]:
-    """lam by re-solving; tau, close_px and fill_holes by post-processing the same solutions."""
+def normal_probes(normals, maps, scores, chain: ChainSettings, n: int) -> list[tuple[np.ndarray, np.ndarray, float]]:
+    """The `n` highest-scoring normal images, each with the coarse threshold that gives it a
+    region as if screening had flagged it (the top 0.5 % of its own map at most)."""
+    return [(normals[i], maps[i], min(chain.pixel_threshold, float(np.quantile(maps[i], 0.995))))
+            for i in np.argsort(scores)[::-1][:n]]
+
+
+def choose_f2pad(method, prior, references, chain: ChainSettings, synthetic, defects, probes,
+                 c: CalibrationConfig, progress: bool) -> tuple[dict, dict, list[int]]:
+    """lam by re-solving; tau, close_px and fill_holes by post-processing the same solutions.
+    Each candidate's minimum defect area comes from the normal probes solved with it, and the
+    candidate is scored with that area (see the module's docstring)."""
     sets = [("synthetic", *synthetic)] + ([("real", *defects)] if defects is not None and len(defects[0]) else [])
     close = c.close_px if c.close_px is not None else (closing_radius(method),)
     fill = c.fill_holes if c.fill_holes is not None else (True,)
     mask_grid = list(itertools.product(c.tau, close, fill))
+    h, w = synthetic[0].shape[1:3]
+    cap = max(4, int(c.max_min_area_share * h * w))
     table: dict[str, float] = {}
-    best_key, best_score = None, -1.0
+    best, best_score, best_areas = None, -1.0, []
     for lam in c.lam:
-        trial = ChainSettings(chain.screen_threshold, chain.pixel_threshold, chain.min_defect_area_px,
-                              chain.f2pad.replace(lam=lam))
-        inspector = Inspector(method, trial, prior, references, device=trial.f2pad.device)
+        f2pad = chain.f2pad.replace(lam=lam)
+        inspector = Inspector(method, ChainSettings(chain.screen_threshold, chain.pixel_threshold, 1, f2pad),
+                              prior, references, device=f2pad.device)
         runs = {name: [inspector.refine(img) for img in
                        tqdm(images, desc=f"calibrating F2PAD lam={lam} ({name})", leave=False, disable=not progress)]
                 for name, images, _ in sets}
+        probe_runs = [Inspector(method, ChainSettings(chain.screen_threshold, threshold, 1, f2pad), prior,
+                                references, device=f2pad.device).refine(image, amap)
+                      for image, amap, threshold in probes]
         for tau, close, fill in mask_grid:
+            areas = [largest_region(mask_with(run, tau, close, fill, 1)) for run in probe_runs]
+            min_area = int(min(cap, max(4, max(areas, default=0) + 1)))
             per_set = []
             for name, _, truths in sets:
-                ious = [iou(mask_with(run, tau, close, fill, chain.min_defect_area_px), t)
-                        for run, t in zip(runs[name], truths)]
+                ious = [iou(mask_with(run, tau, close, fill, min_area), t) for run, t in zip(runs[name], truths)]
                 per_set.append(float(np.mean(ious)))
             score = float(np.mean(per_set))  # real defects, when given, weigh as much as all synthetic ones
-            key = (lam, tau, close, fill)
-            table[f"lam={lam} tau={tau} close_px={close} fill_holes={fill}"] = round(100 * score, 2)
+            table[f"lam={lam} tau={tau} close_px={close} fill_holes={fill} min_area={min_area}"] = round(100 * score, 2)
             if score > best_score:
-                best_key, best_score = key, score
-    lam, tau, close, fill = best_key
-    log.info("calibration: F2PAD lam=%s tau=%s close_px=%s fill_holes=%s (mean IOU %.1f)", lam, tau, close, fill,
-             100 * best_score)
-    return {"lam": lam, "tau": tau, "close_px": close, "fill_holes": fill}, table
+                best_score, best_areas = score, areas
+                best = {"lam": lam, "tau": tau, "close_px": close, "fill_holes": fill, "min_defect_area_px": min_area}
+    log.info("calibration: F2PAD %s (mean IOU %.1f)", best, 100 * best_score)
+    return best, table, best_areas
+
+
+def largest_region(mask: np.ndarray) -> int:
+    return max((r["area_px"] for r in measure_defects(mask)), default=0)
 
 
 def mask_with(run, tau: float, close_px: int, fill_holes: bool, min_area_px: int) -> np.ndarray:
     """The chain's final mask for other mask settings, from the same F2PAD solution."""
     if run.anomaly_magnitude is None:  # not solved (empty or too-large coarse region): its mask as is
-        return run.mask
+        return judge(run.mask, None, min_area_px)[2]
     return judge(mask_from_magnitude(run.anomaly_magnitude, tau, close_px, fill_holes), None, min_area_px)[2]
-
-
-def min_defect_area(method, prior, references, chain: ChainSettings, normals, maps, scores,
-                    c: CalibrationConfig) -> tuple[int, list[int]]:
-    """What F2PAD leaves on the normal images that score highest, as if screening had flagged
-    them: regions up to that size are not reported (capped so small defects stay reportable)."""
-    h, w = normals.shape[1:3]
-    cap = max(4, int(c.max_min_area_share * h * w))
-    areas = []
-    for i in np.argsort(scores)[::-1][: c.normal_probes]:
-        # force a coarse region: the top 0.5 % of this normal image's map
-        pixel_threshold = min(chain.pixel_threshold, float(np.quantile(maps[i], 0.995)))
-        forced = ChainSettings(chain.screen_threshold, pixel_threshold, 1, chain.f2pad)
-        result = Inspector(method, forced, prior, references, device=chain.f2pad.device).refine(normals[i], maps[i])
-        regions = measure_defects(result.mask)
-        areas.append(int(regions[0]["area_px"]) if regions else 0)
-    return int(min(cap, max(4, max(areas, default=0) + 1))), areas
