@@ -305,3 +305,15 @@ def test_the_solve_runs_on_one_cpu_thread_and_restores_the_setting(fitted, defec
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_the_solve_stops_once_the_anomaly_settles(fitted, defect_case, prior):
+    image, truth, amap = defect_case
+    # rel_tol -1: the loss rule would only stop on a tenfold rise; mask_tol 0: no settling rule
+    s = F2PADSettings(threshold=coarse_threshold(amap, truth), rel_tol=-1.0, mask_tol=0.0)
+    full = refine(image, fitted["padim"], amap, prior, s)
+    settled = refine(image, fitted["padim"], amap, prior, s.replace(mask_tol=0.01))
+    assert full.stats["iterations"] == s.max_iters
+    assert s.min_iters <= settled.stats["iterations"] < s.max_iters and settled.stats["iterations"] % s.window == 0
+    # stopped where ||A|| no longer moves: the mask is (nearly) the one of the full run
+    assert iou(settled.mask, truth) > iou(full.mask, truth) - 0.05

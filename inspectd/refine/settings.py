@@ -28,6 +28,9 @@ class F2PADSettings:
     min_iters: int = 20
     rel_tol: float = 1e-3  # stop when the loss falls by less than this fraction over `window` iterations
     window: int = 10
+    # stop when no more than this share of the ROI's pixels saw ||A|| move by more than eps over
+    # the last `window` iterations (the mask is what is reported); 0 = stop on the loss alone
+    mask_tol: float = 0.01
     # initialisation and region of interest (section III-E)
     threshold: float | None = None  # coarse-map threshold; None -> the method bundle's pixel threshold
     dilate_px: int = 6  # dilation of the coarse mask: the region that is inpainted and optimised
