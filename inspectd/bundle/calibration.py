@@ -17,8 +17,7 @@ saved in the bundle (calibration.json), so `inspectd fit` alone gives a deployab
   defects (subtle stains, scratches, blended patches, displaced texture) pasted on held-out
   normal images, run through the chain itself. The set is as subtle as this detector can still
   see (contrast raised only until half of it is flagged); labelled real defects, when given,
-  count as much as all the synthetic ones together. Candidates within one paired standard error
-  of the best are ties, and the most sensitive of them is taken (see `most_sensitive`).
+  count as much as all the synthetic ones together.
 - min_defect_area_px: larger than what F2PAD leaves on the highest-scoring normal images. It
   depends on lam and tau (a lower tau leaves larger false regions), so every candidate is scored
   with its own minimum area, exactly as it would be deployed.
@@ -84,8 +83,8 @@ def calibrate_chain(method, prior, fit_images: np.ndarray, holdout: np.ndarray, 
     chain = ChainSettings(screen_threshold=threshold, pixel_threshold=threshold, f2pad=base)
     *synthetic, synthetic_info = visible_synthetic_set(method, holdout, c.synthetic_images, c.seed, threshold)
     probes = normal_probes(holdout, maps, scores, chain, c.normal_probes)
-    best, table, normal_areas, tied = choose_f2pad(method, prior, references, chain, synthetic, defects, probes, c,
-                                                   progress)
+    best, table, normal_areas = choose_f2pad(method, prior, references, chain, synthetic, defects, probes, c,
+                                             progress)
     min_area = best.pop("min_defect_area_px")
     chain.f2pad = base.replace(**best)
     chain.min_defect_area_px = min_area
@@ -101,8 +100,7 @@ def calibrate_chain(method, prior, fit_images: np.ndarray, holdout: np.ndarray, 
             "normal_scores": {"median": float(np.median(scores)), "max": float(scores.max())},
             "inpaint_reconstruction_error": inpaint_errors,
             "synthetic_images": int(len(synthetic[0])), "synthetic_set": synthetic_info, "real_defects": int(len(defects[0])) if defects else 0,
-            "f2pad_grid_mean_iou": table, "f2pad_within_noise_of_best": tied,
-            "normal_probe_areas_px": normal_areas,
+            "f2pad_grid_mean_iou": table, "normal_probe_areas_px": normal_areas,
         },
     }
 
@@ -180,34 +178,19 @@ def normal_probes(normals, maps, scores, chain: ChainSettings, n: int) -> list[t
             for i in np.argsort(scores)[::-1][:n]]
 
 
-@dataclass
-class Candidate:
-    settings: dict  # lam, tau, close_px, fill_holes, min_defect_area_px
-    ious: list[np.ndarray]  # per set (synthetic, then real defects when given): IOU per image
-    probe_areas: list[int]
-
-    @property
-    def score(self) -> float:  # real defects, when given, weigh as much as all synthetic ones
-        return float(np.mean([v.mean() for v in self.ious]))
-
-    def standard_error_against(self, other: "Candidate") -> float:
-        """Standard error of the score difference, paired image by image."""
-        ses = [np.std(a - b, ddof=1) / np.sqrt(len(a)) if len(a) > 1 else 0.0 for a, b in zip(self.ious, other.ious)]
-        return float(np.sqrt(np.sum(np.square(ses)))) / len(ses)
-
-
 def choose_f2pad(method, prior, references, chain: ChainSettings, synthetic, defects, probes,
-                 c: CalibrationConfig, progress: bool) -> tuple[dict, dict, list[int], list[str]]:
+                 c: CalibrationConfig, progress: bool) -> tuple[dict, dict, list[int]]:
     """lam by re-solving; tau, close_px and fill_holes by post-processing the same solutions.
     Each candidate's minimum defect area comes from the normal probes solved with it, and the
-    candidate is scored with that area (see the module's docstring); then `most_sensitive`."""
+    candidate is scored with that area (see the module's docstring)."""
     sets = [("synthetic", *synthetic)] + ([("real", *defects)] if defects is not None and len(defects[0]) else [])
     close = c.close_px if c.close_px is not None else (closing_radius(method),)
     fill = c.fill_holes if c.fill_holes is not None else (True,)
     mask_grid = list(itertools.product(c.tau, close, fill))
     h, w = synthetic[0].shape[1:3]
     cap = max(4, int(c.max_min_area_share * h * w))
-    candidates: list[Candidate] = []
+    table: dict[str, float] = {}
+    best, best_score, best_areas = None, -1.0, []
     for lam in c.lam:
         f2pad = chain.f2pad.replace(lam=lam)
         inspector = Inspector(method, ChainSettings(chain.screen_threshold, chain.pixel_threshold, 1, f2pad),
@@ -221,33 +204,17 @@ def choose_f2pad(method, prior, references, chain: ChainSettings, synthetic, def
         for tau, close, fill in mask_grid:
             areas = [largest_region(mask_with(run, tau, close, fill, 1)) for run in probe_runs]
             min_area = int(min(cap, max(4, max(areas, default=0) + 1)))
-            ious = [np.array([iou(mask_with(run, tau, close, fill, min_area), t) for run, t in zip(runs[name], truths)])
-                    for name, _, truths in sets]
-            candidates.append(Candidate({"lam": lam, "tau": tau, "close_px": close, "fill_holes": fill,
-                                         "min_defect_area_px": min_area}, ious, areas))
-    table = {label(k.settings): round(100 * k.score, 2) for k in candidates}
-    chosen, tied = most_sensitive(candidates)
-    log.info("calibration: F2PAD %s (mean IOU %.1f; within the noise of the best: %s)", chosen.settings,
-             100 * chosen.score, [label(k.settings) for k in tied])
-    return dict(chosen.settings), table, chosen.probe_areas, [label(k.settings) for k in tied]
-
-
-def label(settings: dict) -> str:
-    return (f"lam={settings['lam']} tau={settings['tau']} close_px={settings['close_px']} "
-            f"fill_holes={settings['fill_holes']} min_area={settings['min_defect_area_px']}")
-
-
-def most_sensitive(candidates: list[Candidate]) -> tuple[Candidate, list[Candidate]]:
-    """The best-scoring candidate, unless others score within one paired standard error of it:
-    a dozen synthetic images cannot order those (on MVTec bottle, tau 0.05 and 0.08 swapped
-    places between fits of the same data). Among the tied ones the most sensitive wins, the
-    lowest tau, then the lowest lam: the chain is built for recall (screening passes doubtful
-    frames), a candidate's false regions on normal parts are already priced in by its own
-    minimum defect area, and what a too-high tau erases (the faint part of a defect) no later
-    step can bring back."""
-    best = max(candidates, key=lambda k: k.score)
-    tied = [k for k in candidates if best.score - k.score <= k.standard_error_against(best)]
-    return min(tied, key=lambda k: (k.settings["tau"], k.settings["lam"])), tied
+            per_set = []
+            for name, _, truths in sets:
+                ious = [iou(mask_with(run, tau, close, fill, min_area), t) for run, t in zip(runs[name], truths)]
+                per_set.append(float(np.mean(ious)))
+            score = float(np.mean(per_set))  # real defects, when given, weigh as much as all synthetic ones
+            table[f"lam={lam} tau={tau} close_px={close} fill_holes={fill} min_area={min_area}"] = round(100 * score, 2)
+            if score > best_score:
+                best_score, best_areas = score, areas
+                best = {"lam": lam, "tau": tau, "close_px": close, "fill_holes": fill, "min_defect_area_px": min_area}
+    log.info("calibration: F2PAD %s (mean IOU %.1f)", best, 100 * best_score)
+    return best, table, best_areas
 
 
 def largest_region(mask: np.ndarray) -> int:
