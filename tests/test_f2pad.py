@@ -238,6 +238,8 @@ def test_bad_inputs_are_clear_errors(fitted, normals, prior):
         F2PADSettings.from_dict({"neighbourhood": 4})
     with pytest.raises(ConfigError, match="unknown setting"):
         F2PADSettings.from_dict({"lambda": 1})
+    with pytest.raises(ConfigError, match="mask_tol"):
+        F2PADSettings.from_dict({"mask_tol": 1.5})
 
 
 def test_size_power_sets_how_the_sparsity_weight_follows_the_coarse_area(fitted, defect_case, prior):

@@ -73,6 +73,8 @@ class F2PADSettings:
             raise ConfigError(f"F2PAD: inpaint must be telea, ns or nearest, got {self.inpaint!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"F2PAD: device must be auto, cpu or cuda, got {self.device!r}")
+        if not 0 <= self.mask_tol < 1:
+            raise ConfigError(f"F2PAD: mask_tol must be in [0, 1) (a share of the ROI's pixels), got {self.mask_tol}")
         if self.close_px < 0:
             raise ConfigError(f"F2PAD: close_px must be >= 0, got {self.close_px}")
         for name in ("eps", "lr", "clip", "tau"):
