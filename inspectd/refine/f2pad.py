@@ -186,7 +186,7 @@ def solve(problem: Problem, z0: torch.Tensor, s: F2PADSettings, lam1: float, max
     z = z0.clone().requires_grad_(True)
     opt = Adan([z], lr=s.lr)
     history: list[float] = []
-    last_magnitude: list[torch.Tensor] = []  # ||A|| per ROI pixel at the last `window` boundary
+    magnitudes: list[torch.Tensor] = []  # ||A|| per ROI pixel, every `window` iterations
     parts: dict = {}
     sharing = sharing_matrix(weights, problem.flat_index) if weights is not None else None
     for it in range(max_iters):
@@ -207,13 +207,13 @@ def solve(problem: Problem, z0: torch.Tensor, s: F2PADSettings, lam1: float, max
             step *= torch.clamp(s.clip / norm, max=1.0)
             # projection keeps every pixel a valid colour
             z.copy_((before + step).clamp_(0.0, 1.0))
-        if converged(history, s, it) or mask_settled(problem, z, s, it, last_magnitude):
+        if converged(history, s, it) or mask_settled(problem, z, s, it, magnitudes):
             break
     return z.detach(), {"iterations": len(history), "loss_first": history[0], "loss_last": history[-1],
                         "terms": parts}
 
 
-def mask_settled(problem: Problem, z: torch.Tensor, s: F2PADSettings, it: int, last: list) -> bool:
+def mask_settled(problem: Problem, z: torch.Tensor, s: F2PADSettings, it: int, magnitudes: list) -> bool:
     """The answer is the mask, not the loss: once no more than `mask_tol` of the ROI's pixels saw
     ||A|| move by more than eps (the scale at which the LOG penalty calls A non-zero) over the
     last `window` iterations, further iterations only polish X_N. Independent of tau, so the
@@ -221,13 +221,12 @@ def mask_settled(problem: Problem, z: torch.Tensor, s: F2PADSettings, it: int, l
     if s.mask_tol <= 0 or (it + 1) % s.window:
         return False
     with torch.no_grad():
-        current = (problem.observed - z).norm(dim=1)
-    previous = last[0] if last else None
-    last[:] = [current]
-    if previous is None or it + 1 < s.min_iters:
+        magnitudes.append((problem.observed - z).norm(dim=1))
+    if it + 1 < s.min_iters or len(magnitudes) < 2:
         return False
-    moved = int(((current - previous).abs() > s.eps).sum())
-    return moved <= s.mask_tol * current.numel()
+    moved = int(((magnitudes[-1] - magnitudes[-2]).abs() > s.eps).sum())
+    del magnitudes[:-1]
+    return moved <= s.mask_tol * magnitudes[-1].numel()
 
 
 def converged(history: list[float], s: F2PADSettings, it: int) -> bool:
