@@ -140,18 +140,27 @@ def capture_kills(line: Line, args, rng: np.random.Generator) -> CaseResult:
     handled image again under a new id, and every frame must end with one genuine result."""
     res = CaseResult("capture kill -9, restart")
     folder, expected = part_folder(line, "capture-kills", 5 * args.capture_kills + 3, rng)
-    env = folder_env(folder)
+    # a slow read (4 frames/s) so that the capture cannot get through its folder before the bench
+    # sees a result and acts
+    env = folder_env(folder, fps=4)
     ensure_refiner(line)
     line.start("capture", env=env)
     recovered_total = 0
     for kill in range(args.capture_kills):
         done = len(line.results.ids() & expected)
-        progressed = lambda: len(line.results.ids() & expected) > done and bool(line.spooled())  # noqa: E731
-        wait_for(lambda: progressed() or not line.running("capture"), 60 + 3 * args.seconds_per_frame)
+        progressed = lambda: len(line.results.ids() & expected) > done  # noqa: E731
+        wait_for(lambda: progressed() or not line.running("capture"), 60 + 3 * args.seconds_per_frame, 0.02)
         if not line.running("capture"):
             res.notes.append(f"the capture finished before kill {kill + 1}; raise the frames per kill")
             break
-        line.kill("capture")
+        # the refiner is held (SIGSTOP) so that the frames read from now on wait, unacked, in the
+        # spool: the kill then always finds some there, whatever the machine's speed
+        line.pause("refine")
+        try:
+            wait_for(lambda: bool(line.spooled()) or not line.running("capture"), 30, 0.02)
+            line.kill("capture")
+        finally:
+            line.resume("refine")
         res.inputs += 1
         on_disk, half_written = line.spooled(), len(list(line.spool.glob("*.tmp")))
         offset = line.log_size("capture")

@@ -143,6 +143,13 @@ class Line:
         self.procs[role].send_signal(signal.SIGKILL)
         self.procs[role].wait(30)
 
+    def pause(self, role: str) -> None:
+        """SIGSTOP: the process holds everything it has (a refiner stops acking) until resume()."""
+        self.procs[role].send_signal(signal.SIGSTOP)
+
+    def resume(self, role: str) -> None:
+        self.procs[role].send_signal(signal.SIGCONT)
+
     def running(self, role: str) -> bool:
         return role in self.procs and self.procs[role].poll() is None
 
