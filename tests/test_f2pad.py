@@ -282,6 +282,27 @@ def test_anomaly_mask_thresholds_then_closes_and_fills():
         F2PADSettings(close_px=-1).validate()
 
 
+def test_at_native_resolution_the_mask_thresholds_A_at_the_bundles_scale():
+    """A native solve (4x4 native pixels per bundle pixel) is thresholded on A averaged over the
+    block one bundle pixel covers: isolated native spikes (what the concave sparsity term makes
+    along edges) stay out, a defect as wide as a bundle pixel keeps its native outline."""
+    from inspectd.refine.f2pad import RefineResult, magnitude_at_scale
+
+    anomaly = np.zeros((64, 64, 3), np.float32)
+    anomaly[2:30:4, 2:62:4] = 0.3  # one spike per 4x4 block: ||A|| 0.52 there, block mean 0.03
+    anomaly[40:53, 21:38] = 0.3  # a solid defect, 13 x 17 native pixels (not on the block grid)
+    per_pixel = np.linalg.norm(anomaly, axis=2) > 0.1
+    at_scale = magnitude_at_scale(anomaly, (4, 4)) > 0.1
+    assert per_pixel[:32].sum() == 7 * 15 and not at_scale[:32].any()
+    ys, xs = np.nonzero(at_scale)  # native outline, not blocks: at most half a block wider
+    assert at_scale[40:53, 21:38].all()
+    assert np.allclose((ys.min(), ys.max(), xs.min(), xs.max()), (40, 52, 21, 37), atol=2)
+    assert np.array_equal(magnitude_at_scale(anomaly), np.linalg.norm(anomaly, axis=2))  # (1, 1): per pixel
+    run = RefineResult(mask=at_scale, normal=anomaly, anomaly=anomaly, coarse_mask=at_scale,
+                       init_mask=at_scale, block=(4, 4))
+    assert np.array_equal(run.anomaly_magnitude > 0.1, at_scale)  # what calibration re-thresholds
+
+
 def test_refine_applies_the_mask_settings_to_its_anomaly(fitted, defect_case, prior):
     from inspectd.refine.f2pad import anomaly_mask
 

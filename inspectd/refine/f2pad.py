@@ -40,11 +40,27 @@ class RefineResult:
     coarse_mask: np.ndarray  # (H,W) bool: the thresholded coarse map F2PAD started from
     init_mask: np.ndarray  # (H,W) bool: ||X - X_N^0|| > tau, the initialisation alone
     stats: dict = field(default_factory=dict)
+    block: tuple[int, int] = (1, 1)  # native pixels (y, x) per pixel of the bundle's scale
 
     @functools.cached_property
     def anomaly_magnitude(self) -> np.ndarray:
-        """(H,W) ||A_ij||, what every mask setting thresholds."""
-        return np.linalg.norm(self.anomaly, axis=2)
+        """(H,W) what every mask setting thresholds: ||A_ij||, or at native resolution ||A||
+        averaged over the block of native pixels one bundle pixel covers (magnitude_at_scale)."""
+        return magnitude_at_scale(self.anomaly, self.block)
+
+
+def magnitude_at_scale(anomaly: np.ndarray, block: tuple[int, int] = (1, 1)) -> np.ndarray:
+    """||A|| with A first averaged over a sliding block of native pixels (a box filter; a
+    (1, 1) block is plain ||A||). At native resolution the features only constrain X_N's
+    averages over such blocks (they are taken on X_N shrunk to the bundle's size), and the log
+    sparsity term is concave, so inside a block a few native pixels changed a lot are cheaper than
+    all of them a little: per-pixel ||A|| comes out as spikes above tau along edges, which closing
+    then joins into blobs (native masks twice the true area on bottle). Averaged over the block, A
+    is the quantity tau was calibrated on (A at the bundle's scale), while the outline keeps
+    native pixels (the block slides one native pixel at a time)."""
+    if tuple(block) != (1, 1):
+        anomaly = cv2.blur(np.ascontiguousarray(anomaly, dtype=np.float32), (int(block[1]), int(block[0])))
+    return np.linalg.norm(anomaly, axis=2)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -332,8 +348,9 @@ def solve_image(image: np.ndarray, method, coarse_map: np.ndarray, prior: PixelP
             z = reestimate(problem, z, in_mask, s, weights, stats)
     normal = image.copy()
     normal[Y0:Y1, X0:X1] = problem.assemble(z).permute(1, 2, 0).cpu().numpy()
-    mask = anomaly_mask(image - normal, s.tau, s.close_px, s.fill_holes)
-    return finished(image, normal, coarse, init_mask, mask, s, stats, started, "refined")
+    block = (max(1, round(H / h)), max(1, round(W / w)))
+    mask = mask_from_magnitude(magnitude_at_scale(image - normal, block), s.tau, s.close_px, s.fill_holes)
+    return finished(image, normal, coarse, init_mask, mask, s, stats, started, "refined", block)
 
 
 @contextlib.contextmanager
@@ -394,8 +411,9 @@ def loss_cells(roi: np.ndarray, margin: int, stride: int, crop_hw, device) -> to
     return F.adaptive_max_pool2d(near, (hf, wf))[0, 0]
 
 
-def finished(image, normal, coarse, init_mask, mask, s, stats, started, status) -> RefineResult:
+def finished(image, normal, coarse, init_mask, mask, s, stats, started, status,
+             block: tuple[int, int] = (1, 1)) -> RefineResult:
     stats.update(status=status, seconds=time.perf_counter() - started, mask_area=int(mask.sum()))
     stats.setdefault("iterations", 0)
     return RefineResult(mask=mask, normal=normal, anomaly=image - normal, coarse_mask=coarse,
-                        init_mask=init_mask, stats=stats)
+                        init_mask=init_mask, stats=stats, block=block)
