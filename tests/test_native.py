@@ -188,3 +188,15 @@ def test_a_window_of_an_8bit_frame_is_float_in_unit_range():
     assert window.dtype == np.float32 and window.shape == (32, 32, 3)
     assert window.min() == pytest.approx(0.2) and window.max() == 1.0
     assert np.array_equal(cut(frame.astype(np.float32) / 255, Box(10, 5, 30, 30), 32), window)
+
+
+def test_bench_native_measures_a_whole_frame_native_refine_in_a_fresh_process(whole_frame_bundle):
+    """`bench native --whole-frame-native`: one process refines one frame of the bundle's own part
+    at the camera's size (a stain pasted on it) at native pixels and reports its peak memory."""
+    from inspectd.eval.native_bench import child_peak_memory, part_frame_with_defect
+
+    frame = part_frame_with_defect(np.full((SMALL, SMALL, 3), 0.5, np.float32), (900, 900))
+    assert frame.shape == (900, 900, 3) and frame.dtype == np.uint8 and (frame < 60).any()
+    report = child_peak_memory("refine-native", "900", whole_frame_bundle, None)
+    assert report["decision"] == "defect" and report["iterations"] > 0, report
+    assert report["peak_gb"] >= report["idle_gb"] > 0

@@ -83,6 +83,8 @@ def add_bench_parser(sub, handler) -> None:
     nb.add_argument("--sizes", default="900,5MP", help="frame sizes to screen: 256, 900, 5MP, 20MP")
     nb.add_argument("--frames", type=int, default=60)
     nb.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory processes")
+    nb.add_argument("--whole-frame-native", action="store_true",
+                    help="also the peak memory of refining a whole frame at native pixels with the screening bundle")
     nb.add_argument("--out", help="JSON results file")
     nb.set_defaults(func=handler)
 

@@ -6,7 +6,9 @@
 - the frame message at 5 MP (the native frame as PNG) against sending only a flagged crop:
   bytes and encode time; the result message with one defect (mask crop);
 - peak memory (ru_maxrss) of a fresh process that screens, and one that refines (a tile bundle
-  when given), one frame at 5 MP and at 20 MP.
+  when given), one frame at 5 MP and at 20 MP; with --whole-frame-native also one that refines
+  a whole frame at native pixels (refiner.whole_frame: native) with the screening bundle: its
+  part enlarged to the frame's size with a stain pasted on it.
 Frames are generated (brick texture tiled at the camera's scale, noise on top).
 """
 
@@ -115,6 +117,15 @@ def child_main(role: str, size: str, screening: str, refiner: str) -> None:
         idle = rss_gb()
         frame = generated_frame(SIZES[size])  # the capture keeps a native frame in 8 bit
         screener(downscale(frame, screener.size))
+    elif role == "refine-native":
+        chain = NativeChain.from_bundles(screening, device="cpu", whole_frame="native")
+        idle = rss_gb()
+        frame = part_frame_with_defect(chain.refiner.references[0], SIZES[size])
+        started = time.perf_counter()
+        run = chain.refine(frame)
+        print(json.dumps({"idle_gb": round(idle, 3), "peak_gb": round(rss_gb(), 3), "decision": run.decision,
+                          "iterations": run.iterations, "seconds": round(time.perf_counter() - started, 1)}))
+        return
     else:
         tile_bundle = Path(refiner or screening)
         chain = NativeChain.from_bundles(tile_bundle, screening if refiner else None, device="cpu")
@@ -123,6 +134,17 @@ def child_main(role: str, size: str, screening: str, refiner: str) -> None:
         h, w = SIZES[size]
         chain.refine(frame, [Box(w // 2, h // 2, 300, 200)])
     print(json.dumps({"idle_gb": round(idle, 3), "peak_gb": round(rss_gb(), 3)}))
+
+
+def part_frame_with_defect(reference: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """A frame of the bundle's own part at the camera's size (its first normal reference
+    enlarged, uint8 as a camera gives it) with a dark stain of 10 % of the width pasted near the
+    centre, so that the native refiner has a region to solve whatever the part."""
+    h, w = hw
+    frame = cv2.resize((reference * 255 + 0.5).astype(np.uint8), (w, h), interpolation=cv2.INTER_CUBIC)
+    axes = (max(2, w // 20), max(2, w // 32))
+    cv2.ellipse(frame, (w // 2 + w // 8, h // 2), axes, 30, 0, 360, (40, 30, 25), -1)
+    return frame
 
 
 def run_native_bench(args) -> dict:
@@ -151,7 +173,7 @@ def run_native_bench(args) -> dict:
     if args.memory:
         refiner = Path(args.refiner) if args.refiner else None
         for size in ("5MP", "20MP"):
-            for role in ("screen", "refine"):
+            for role in ("screen", "refine", *(("refine-native",) if args.whole_frame_native else ())):
                 memory[f"{role}_{size}"] = child_peak_memory(role, size, screening, refiner)
                 print(f"peak memory {role} {size}: {memory[f'{role}_{size}']}")
     result = {"screening": fps, "messages": messages, "memory": memory, "machine": machine(),
