@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import threading
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from inspectd.service.settings import Settings
+from inspectd.eval.ports import free_port
 
 DEMO_TINT = (1.0, 0.9, 0.8)  # inspectd.data.textures.texture_parts' default tint
 DOUBLE_THRESHOLD = 0.05  # 8-bit PNG rounding moves normal pixels < 0.004 off the axis
@@ -63,11 +63,6 @@ class ThresholdRefinerDouble:
         scores = self.screener.score_map(image)
         return scores > DOUBLE_THRESHOLD, scores, {"iterations": 1}
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def service_settings(tmp_path: Path, **over) -> Settings:

@@ -18,7 +18,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,7 @@ from inspectd.service.heartbeat import HEARTBEAT_TOPIC, parse_heartbeat
 from inspectd.service.messages import MessageError, parse_result
 from inspectd.service.settings import load_settings
 from inspectd.service.transport import make_keypair
+from inspectd.eval.ports import free_port
 
 
 @dataclass
@@ -52,11 +52,6 @@ class CaseResult:
     memory: dict = field(default_factory=dict)  # MB, where the case samples a process
     skipped: str = ""  # why the case could not run here (empty: it ran)
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(condition: Callable[[], bool], timeout_s: float, interval: float = 0.1) -> bool:

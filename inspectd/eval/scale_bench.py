@@ -16,7 +16,6 @@ import logging
 import multiprocessing
 import os
 import shlex
-import socket
 import tempfile
 import threading
 import time
@@ -28,6 +27,7 @@ import zmq
 
 from inspectd.errors import ConfigError, InspectdError
 from inspectd.eval.bench import machine
+from inspectd.eval.ports import free_port
 
 log = logging.getLogger(__name__)
 TARGET_SPEEDUP_2 = 1.7  # the target on a 2-core machine
@@ -51,11 +51,6 @@ def parse_counts(text: str) -> list[int]:
         raise ConfigError(f"--refiners {text!r}: counts must be >= 1")
     return sorted(set(counts) | {1})  # every ratio is to one refiner, measured in the same run
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def flagged_demo_frames(settings, n: int, max_frames: int = 2000) -> tuple[list[FlaggedFrame], float]:
