@@ -132,7 +132,7 @@ def test_sharing_matrix_is_share_at_the_optimised_pixels():
         image_grad = torch.zeros(3, 12 * 10)
         image_grad[:, flat] = grad.T
         want = share(image_grad.view(3, 12, 10), w).flatten(1)[:, flat].T
-        assert torch.allclose(sharing_matrix(w, flat) @ grad, want, atol=1e-6)
+        assert torch.allclose(sharing_matrix(img, active, flat, 5, 3.0, 0.05) @ grad, want, atol=1e-6)
 
 # --- pixel prior -----------------------------------------------------------------------------
 def test_prior_fits_the_colours_and_round_trips(normals):

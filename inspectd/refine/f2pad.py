@@ -15,6 +15,7 @@ import functools
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -27,7 +28,7 @@ from inspectd.errors import BadImageError, InspectdError
 from inspectd.refine import terms
 from inspectd.refine.prior import PixelPrior
 from inspectd.refine.settings import F2PADSettings
-from inspectd.refine.sharing import sharing_matrix, sharing_weights
+from inspectd.refine.sharing import sharing_matrix
 
 CROP_ALIGN = 32  # crop corners on multiples of the largest backbone stride keep feature grids aligned
 
@@ -197,14 +198,14 @@ class Problem:
 
 
 def solve(problem: Problem, z0: torch.Tensor, s: F2PADSettings, lam1: float, max_iters: int,
-          weights: torch.Tensor | None) -> tuple[torch.Tensor, dict]:
+          sharing_for: Callable[[torch.Tensor], torch.Tensor] | None) -> tuple[torch.Tensor, dict]:
     """Adan with local gradient sharing, a per-pixel adaptive step and per-pixel step clipping."""
     z = z0.clone().requires_grad_(True)
     opt = Adan([z], lr=s.lr)
     history: list[float] = []
     magnitudes: list[torch.Tensor] = []  # ||A|| per ROI pixel, every `window` iterations
     parts: dict = {}
-    sharing = sharing_matrix(weights, problem.flat_index) if weights is not None else None
+    sharing = sharing_for(problem.flat_index) if sharing_for is not None else None
     for it in range(max_iters):
         opt.zero_grad()
         loss, parts = problem.loss(z, lam1)
@@ -343,15 +344,16 @@ def solve_image(image: np.ndarray, method, coarse_map: np.ndarray, prior: PixelP
     lam1 = s.lam * (s.ref_area / max(int(coarse.sum()), 1)) ** s.size_power  # the paper's size-scaled weight
     problem = Problem(method, crop, roi_crop, init_crop, (y0 // stride, x0 // stride), cells, float(threshold),
                       prior, s, lam1, feature_hw=(y1 - y0, x1 - x0))
-    weights = (sharing_weights(crop, roi_crop, s.neighbourhood, s.sigma_spatial, s.sigma_colour)
-               if s.share_gradients and s.neighbourhood > 1 else None)
+    sharing_for = (functools.partial(sharing_matrix, crop, roi_crop, n=s.neighbourhood,
+                                     sigma_spatial=s.sigma_spatial, sigma_colour=s.sigma_colour)
+                   if s.share_gradients and s.neighbourhood > 1 else None)
     with one_cpu_thread(device):
-        z, solve_stats = solve(problem, problem.start, s, lam1, s.max_iters, weights)
+        z, solve_stats = solve(problem, problem.start, s, lam1, s.max_iters, sharing_for)
         a_norm = (problem.observed - z).norm(dim=1)
         in_mask = a_norm > s.tau
         stats.update(solve_stats, lam1=lam1, crop=[Y0, Y1, X0, X1], roi_area=int(roi.sum()))
         if s.reestimate and bool(in_mask.any()):
-            z = reestimate(problem, z, in_mask, s, weights, stats)
+            z = reestimate(problem, z, in_mask, s, sharing_for, stats)
     normal = image.copy()
     normal[Y0:Y1, X0:X1] = problem.assemble(z).permute(1, 2, 0).cpu().numpy()
     block = (max(1, round(H / h)), max(1, round(W / w)))
@@ -399,13 +401,14 @@ def nearest_reference(image: np.ndarray, roi: np.ndarray, references: np.ndarray
     return cv2.resize(references[best], (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)[None]
 
 
-def reestimate(problem: Problem, z: torch.Tensor, in_mask: torch.Tensor, s: F2PADSettings, weights, stats) -> torch.Tensor:
+def reestimate(problem: Problem, z: torch.Tensor, in_mask: torch.Tensor, s: F2PADSettings, sharing_for,
+               stats) -> torch.Tensor:
     """Section III-E3: with the mask known, pixels outside it are X exactly and the pixels
     inside are solved again without the sparsity term, giving a clean X_N."""
     z_fixed = torch.where(in_mask[:, None], z, problem.observed)
     keep = in_mask.nonzero()[:, 0]
     sub = problem.restricted_to(keep, z_fixed)
-    z_in, re_stats = solve(sub, z_fixed[keep], s, 0.0, s.reestimate_iters, weights)
+    z_in, re_stats = solve(sub, z_fixed[keep], s, 0.0, s.reestimate_iters, sharing_for)
     stats["reestimate_iterations"] = re_stats["iterations"]
     return z_fixed.index_copy(0, keep, z_in)
 
