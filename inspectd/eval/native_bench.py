@@ -101,6 +101,15 @@ def child_peak_memory(role: str, size: str, screening: Path, refiner: Path | Non
 
 
 def rss_gb() -> float:
+    """This process's peak resident memory. VmHWM (Linux) belongs to the address space, which
+    exec replaces; ru_maxrss survives exec, so a child of a large parent would report the
+    parent's size (every child of the bench read 1.33 GB that way)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024**2
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
