@@ -137,6 +137,19 @@ def test_inference_body_follows_new_weights():
     assert torch.allclose(b(x)[0], a(x)[0])
 
 
+def test_inference_body_follows_a_move_or_a_cast():
+    """.to() / .double() rebuild the folded copy: it computes in the new dtype, and it is built
+    once, not on every forward pass."""
+    fe = FeatureExtractor(BackboneConfig(layers=[2]))
+    x = torch.rand(1, 3, 32, 32)
+    fe(x)
+    first = fe.inference_body()
+    assert fe.inference_body() is first  # kept between passes
+    fe.double()
+    assert fe.inference_body() is not first
+    assert fe(x.double())[0].dtype == torch.float64
+
+
 def test_a_body_the_folding_would_change_runs_unfolded(monkeypatch, caplog):
     """If the folding pairs a batch norm with the wrong convolution, the plain body is used."""
     import inspectd.features.backbone as backbone
