@@ -113,7 +113,8 @@ def inpaint(image: np.ndarray, mask: np.ndarray, how: str, references: np.ndarra
         if references is None or len(references) == 0:
             raise InspectdError("F2PAD: inpaint=nearest needs normal reference images")
         keep = ~mask
-        errors = [((ref[keep] - image[keep]) ** 2).mean() for ref in references]
+        target = image[keep]  # taken once, not once per reference
+        errors = [((ref[keep] - target) ** 2).mean() for ref in references]
         out = image.copy()
         out[mask] = references[int(np.argmin(errors))][mask]
         return out
