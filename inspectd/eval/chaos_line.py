@@ -32,11 +32,11 @@ import zmq
 import zmq.auth
 
 from inspectd.errors import InspectdError
+from inspectd.eval.ports import free_port
 from inspectd.service.heartbeat import HEARTBEAT_TOPIC, parse_heartbeat
 from inspectd.service.messages import MessageError, parse_result
 from inspectd.service.settings import load_settings
 from inspectd.service.transport import make_keypair
-from inspectd.eval.ports import free_port
 
 
 @dataclass
@@ -51,7 +51,6 @@ class CaseResult:
     notes: list = field(default_factory=list)
     memory: dict = field(default_factory=dict)  # MB, where the case samples a process
     skipped: str = ""  # why the case could not run here (empty: it ran)
-
 
 
 def wait_for(condition: Callable[[], bool], timeout_s: float, interval: float = 0.1) -> bool:

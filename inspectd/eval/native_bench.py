@@ -5,7 +5,7 @@
   the ratio is against 256x256 frames measured in the same run;
 - the frame message at 5 MP (the native frame as PNG) against sending only a flagged crop:
   bytes and encode time; the result message with one defect (mask crop);
-- peak memory (ru_maxrss) of a fresh process that screens, and one that refines (a tile bundle
+- peak memory (VmHWM) of a fresh process that screens, and one that refines (a tile bundle
   when given), one frame at 5 MP and at 20 MP; with --whole-frame-native also one that refines
   a whole frame at native pixels (refiner.whole_frame: native) with the screening bundle: its
   part enlarged to the frame's size with a stain pasted on it.
@@ -121,6 +121,7 @@ def child_main(role: str, size: str, screening: str, refiner: str) -> None:
     from inspectd.methods.export import OnnxScreener
     from inspectd.deploy.native import downscale
 
+    extra: dict = {}
     if role == "screen":
         screener = OnnxScreener(Path(screening), device="cpu")
         idle = rss_gb()
@@ -132,9 +133,8 @@ def child_main(role: str, size: str, screening: str, refiner: str) -> None:
         frame = part_frame_with_defect(chain.refiner.references[0], SIZES[size])
         started = time.perf_counter()
         run = chain.refine(frame)
-        print(json.dumps({"idle_gb": round(idle, 3), "peak_gb": round(rss_gb(), 3), "decision": run.decision,
-                          "iterations": run.iterations, "seconds": round(time.perf_counter() - started, 1)}))
-        return
+        extra = {"decision": run.decision, "iterations": run.iterations,
+                 "seconds": round(time.perf_counter() - started, 1)}
     else:
         tile_bundle = Path(refiner or screening)
         chain = NativeChain.from_bundles(tile_bundle, screening if refiner else None, device="cpu")
@@ -142,7 +142,7 @@ def child_main(role: str, size: str, screening: str, refiner: str) -> None:
         frame = generated_frame(SIZES[size]).astype(np.float32) / 255
         h, w = SIZES[size]
         chain.refine(frame, [Box(w // 2, h // 2, 300, 200)])
-    print(json.dumps({"idle_gb": round(idle, 3), "peak_gb": round(rss_gb(), 3)}))
+    print(json.dumps({"idle_gb": round(idle, 3), "peak_gb": round(rss_gb(), 3), **extra}))
 
 
 def part_frame_with_defect(reference: np.ndarray, hw: tuple[int, int]) -> np.ndarray:

@@ -52,7 +52,6 @@ def parse_counts(text: str) -> list[int]:
     return sorted(set(counts) | {1})  # every ratio is to one refiner, measured in the same run
 
 
-
 def flagged_demo_frames(settings, n: int, max_frames: int = 2000) -> tuple[list[FlaggedFrame], float]:
     """The first n demo frames that the deployed screener flags (its map and score kept), and
     the screener's threshold."""
