@@ -23,7 +23,7 @@ from inspectd.service.metrics import ServiceMetrics
 from inspectd.service.refiner_process import run_refiner
 from inspectd.service.transport import Transport
 
-from test_service_acks import forged_result, spooled_ids
+from test_service_acks import all_spooled, forged_result, spooled_ids
 from test_service_doubles import (ColourAxisScreenerDouble, ThresholdRefinerDouble, service_settings, start_thread,
                                   wait_until)
 from test_service_pipeline import RawSubscriber, frame_parts
@@ -89,7 +89,7 @@ def test_capture_counts_every_hostile_result_and_forged_ones_delete_nothing(tmp_
                                                               metrics=metrics)))
     forger, refiner_stop = Transport(settings.transport), threading.Event()
     try:
-        assert wait_until(lambda: metrics.frames_captured.labels("testcam")._value.get() == 12, 30)
+        assert wait_until(lambda: all_spooled(settings, metrics, 12), 30)
         victims = spooled_ids(settings)
         assert victims
         pub = forger.bind(zmq.XPUB, settings.transport.results_bind)

@@ -47,6 +47,13 @@ def spooled_ids(settings) -> list[str]:
     return [json.loads(read_entry(p)[0])["frame_id"] for p in sorted(settings.spool.dir.glob("*.frame"))]
 
 
+def all_spooled(settings, metrics: ServiceMetrics, frames: int) -> bool:
+    """All `frames` screened and every flagged one on disk: a frame is counted as captured, and as
+    flagged, a moment before it is spooled, so the counters alone would race the spool."""
+    screened = metrics.frames_screened.labels("testcam")._value.get()
+    return screened == frames and len(spooled_ids(settings)) == metrics.frames_flagged.labels("testcam")._value.get()
+
+
 def test_forged_results_delete_no_spooled_frame_and_the_real_refiner_still_acks(tmp_path):
     settings = service_settings(tmp_path, capture={"max_frames": 16, "demo": {"defect_rate": 0.5, "seed": 11}})
     stop, metrics, screen = threading.Event(), ServiceMetrics("capture"), ColourAxisScreenerDouble()
@@ -56,7 +63,7 @@ def test_forged_results_delete_no_spooled_frame_and_the_real_refiner_still_acks(
     forger = Transport(settings.transport)  # the refiner is down: anyone can bind its PUB port
     refiner_stop = threading.Event()
     try:
-        assert wait_until(lambda: metrics.frames_captured.labels("testcam")._value.get() == 16, 30)
+        assert wait_until(lambda: all_spooled(settings, metrics, 16), 30)
         victims = spooled_ids(settings)
         assert len(victims) >= 4
         pub = forger.bind(zmq.XPUB, settings.transport.results_bind)
@@ -128,7 +135,7 @@ def test_with_curve_on_a_forger_cannot_even_deliver_a_result(curve_settings):
     start_thread(run_capture, settings, screen, stop, threshold=screen.threshold, metrics=metrics)
     forger = Transport(curve_settings["intruder_of_capture"].transport)  # its own keys, not the refiner's
     try:
-        assert wait_until(lambda: metrics.frames_captured.labels("testcam")._value.get() == 8, 30)
+        assert wait_until(lambda: all_spooled(settings, metrics, 8), 30)
         victims = spooled_ids(settings)
         assert victims
         pub = forger.bind(zmq.XPUB, settings.transport.results_bind)
