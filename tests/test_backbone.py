@@ -139,12 +139,14 @@ def test_inference_body_follows_new_weights():
 
 def test_inference_body_follows_a_move_or_a_cast():
     """.to() / .double() rebuild the folded copy: it computes in the new dtype, and it is built
-    once, not on every forward pass."""
+    once, not on every forward pass nor on a .to() that changes nothing."""
     fe = FeatureExtractor(BackboneConfig(layers=[2]))
     x = torch.rand(1, 3, 32, 32)
     fe(x)
     first = fe.inference_body()
     assert fe.inference_body() is first  # kept between passes
+    fe.to("cpu").float()  # moves nothing: F2PAD calls method.to(device) for every frame
+    assert fe.inference_body() is first
     fe.double()
     assert fe.inference_body() is not first
     assert fe(x.double())[0].dtype == torch.float64
