@@ -357,3 +357,22 @@ def test_the_solve_stops_once_the_anomaly_settles(fitted, defect_case, prior):
     # stopped where ||A|| no longer moves: the mask is (nearly) the one of the full run
     assert iou(settled.mask, truth) > iou(full.mask, truth) - 0.05
 
+
+
+def test_crop_corners_sit_on_the_method_s_alignment_around_the_roi_and_its_context():
+    from inspectd.refine.f2pad import crop_box
+    roi = np.zeros((256, 256), bool)
+    roi[100:130, 70:75] = True
+    y0, y1, x0, x1 = crop_box(roi, 32, (256, 256), align=16)
+    assert (y0, y1, x0, x1) == (64, 176, 32, 112)  # every corner a multiple of 16, >= 32 px of context
+    assert crop_box(roi, 32, (256, 256), align=32) == (64, 192, 32, 128)  # the old fixed alignment: larger
+    roi[:] = False
+    roi[250:, :3] = True
+    assert crop_box(roi, 32, (256, 256), align=16) == (208, 256, 0, 48)  # clamped at the image's border
+
+
+def test_input_alignment_is_the_coarsest_stride_the_method_runs():
+    from inspectd.methods import create_method
+    assert create_method("patchcore", load_weights=False).input_alignment == 16  # layers 2, 3: strides 8, 16
+    padim = create_method("padim", {"backbone": {"layers": [1, 2]}, "grid_stride": 32}, load_weights=False)
+    assert padim.backbone.strides == [4, 8] and padim.input_alignment == 32  # whole cells of its scored grid

@@ -140,6 +140,13 @@ class AnomalyMethod(nn.Module, ABC):
         """Pixels per cell of the feature map (maps are brought to the finest selected layer)."""
         return self.backbone.strides[0]
 
+    @property
+    def input_alignment(self) -> int:
+        """Image pixels between two inputs whose feature grids line up: the coarsest stride of the
+        backbone layers the method runs (and a whole number of the scorer's cells). F2PAD puts
+        its crop corners on multiples of it."""
+        return math.lcm(max(self.backbone.strides), self.feature_stride)
+
     def score_features_at(self, feats: torch.Tensor, offset: tuple[int, int]) -> torch.Tensor:
         """Scores of the features of an image crop whose first cell is `offset` (row, col) of the
         full-image feature grid. Position-independent methods ignore the offset."""
