@@ -163,7 +163,7 @@ class FeatureExtractor(nn.Module):
     # version on each forward cost 2 % of an F2PAD solve (a hundred parameters per iteration);
     # the body is frozen, so its weights change only through these two doors. A .to() that moves
     # nothing (F2PAD calls method.to(device) for every image) keeps the copy: rebuilding it cost
-    # 80 ms per refined frame.
+    # 45 ms per refined frame.
     def _apply(self, fn, recurse=True):
         before = self._weights_identity()
         result = super()._apply(fn, recurse)

@@ -1,7 +1,9 @@
 """What F2PAD needs from a feature-level method, written down as a Protocol.
 
 Any object with these members can be refined: the methods in inspectd/methods implement them
-through AnomalyMethod, and a test or another library can supply its own.
+through AnomalyMethod, and a test or another library can supply its own. One member is optional:
+`input_alignment` (int), the pixel step at which crops of an image give features on the full
+image's grid (AnomalyMethod: its backbone's coarsest stride); F2PAD assumes 32 without it.
 """
 
 from __future__ import annotations
