@@ -187,6 +187,8 @@ def test_fit_with_defects_then_deployed_eval_leaves_them_out(tmp_path, capsys):
     assert result["n"] == 2 and result["defects_left_out"] == 1  # 1 good + 1 of the 2 defects
     assert result["per_type"]["scratch"]["n_defective"] == 1
     assert 0.0 <= result["pixel_f1"] <= 1.0 and "not deployable" in result["oracle_coarse"]["note"]
+    probe = result["speed_probe_ms"]  # the machine's speed beside the seconds, before and after the run
+    assert 0 < probe["before"] < 10_000 and 0 < probe["after"] < 10_000 and "machine speed probe" in table
     overlays = list((tmp_path / "deployed").glob("*.png"))
     assert overlays, "overlay PNGs are written for a person to look at"
 

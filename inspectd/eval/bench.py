@@ -150,6 +150,27 @@ def machine() -> str:
             f"{'CUDA ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}")
 
 
+def speed_probe(method, size: int = 160, repeats: int = 15) -> float:
+    """Median milliseconds of one F2PAD iteration's backbone work for `method` (its features of a
+    fixed size x size crop, forward and backward to the pixels) on one torch thread, as F2PAD runs
+    on CPU. The cores of a shared VM run at speeds that drift by a quarter between hours, so a
+    timing is comparable with another run's only at a similar probe."""
+    from inspectd.refine.f2pad import one_cpu_thread
+
+    device = next((p.device for p in method.parameters()), torch.device("cpu"))
+    crop = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
+    times = []
+    with one_cpu_thread(device):
+        for _ in range(repeats + 2):  # the first two warm caches and allocators up
+            x = crop.clone().requires_grad_(True)
+            started = time.perf_counter()
+            method.features(x).sum().backward()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - started)
+    return float(np.median(times[2:]) * 1000)
+
+
 def build_protocol(data: Path, size: int, n_test: int, n_val: int, seed: int, shots: int):
     """Split train/good into fit / test bases / val bases and paste the defects."""
     train = load_train(data, size, progress=False)

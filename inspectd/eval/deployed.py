@@ -27,7 +27,7 @@ from inspectd.data.mvtec import GOOD, load_test
 from inspectd.deploy import DEFECT
 from inspectd.deploy.native import NativeChain, NativeInspection
 from inspectd.eval import metrics
-from inspectd.eval.bench import machine
+from inspectd.eval.bench import machine, speed_probe
 from inspectd.geometry import iou
 
 
@@ -83,11 +83,16 @@ def evaluate_deployed(model: str | Path, data: str | Path, out: str | Path | Non
     if limit:
         keep = keep[:limit]
     test = test.subset(keep)
+    probe_before = speed_probe(inspector.method)
     timed = [inspect_timed(chain, img) for img in tqdm(
         test.images, desc="deployed chain", unit="img", disable=not progress, leave=False)]
     runs = [run for run, _ in timed]
     result = summarise(test, runs)
     result.update(refine_cost(runs, [cpu for _, cpu in timed]))
+    result["speed_probe_ms"] = {"before": probe_before, "after": speed_probe(inspector.method),
+                                "what": "one F2PAD iteration's backbone pass of this method, 160 px crop, "
+                                        "1 thread (eval/bench.py speed_probe): compare seconds between runs "
+                                        "only at a similar probe"}
     height, width = test.images.shape[1:3]
     screen_maps = np.stack([cv2.resize(r.screen_map, (width, height), interpolation=cv2.INTER_LINEAR) for r in runs])
     oracle_threshold, oracle_f1 = metrics.f1_optimal_threshold(test.masks, screen_maps)
@@ -183,6 +188,10 @@ def format_table(r: dict) -> str:
     if "refine_cpu_seconds_median" in r:
         lines.append(f"refined frames: median {num(r['refine_cpu_seconds_median'], '.2f')} CPU s, "
                      f"median {num(r['refine_iterations_median'], '.0f')} F2PAD iterations")
+    p = r.get("speed_probe_ms")
+    if p:
+        lines.append(f"machine speed probe (one F2PAD backbone pass, 160 px, 1 thread): {p['before']:.1f} ms "
+                     f"before, {p['after']:.1f} ms after")
     o = r.get("oracle_coarse")
     if o:
         lines.append(f"oracle (threshold picked on this test set, not deployable): coarse pixel F1 {o['pixel_f1']:.3f}")
