@@ -157,6 +157,8 @@ def speed_probe(method, size: int = 160, repeats: int = 15) -> float:
     timing is comparable with another run's only at a similar probe."""
     from inspectd.refine.f2pad import one_cpu_thread
 
+    if not getattr(method, "differentiable", True):  # F2PAD does not run on it: nothing to probe
+        return float("nan")
     device = next((p.device for p in method.parameters()), torch.device("cpu"))
     crop = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
     times = []
