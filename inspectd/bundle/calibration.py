@@ -17,8 +17,8 @@ saved in the bundle (calibration.json), so `inspectd fit` alone gives a deployab
   defects (subtle stains, scratches, blended patches, displaced texture) pasted on held-out
   normal images, run through the chain itself. The set is as subtle as this detector can still
   see (contrast raised only until half of it is flagged); labelled real defects, when given,
-  count as much as all the synthetic ones together. When the best setting of the next lower tau
-  is within one standard error of the best, it is kept instead (most_sensitive_of_the_best).
+  count as much as all the synthetic ones together. Among settings within one standard error of
+  the best, the lowest tau is kept (most_sensitive_of_the_best says why).
 - min_defect_area_px: larger than what F2PAD leaves on the highest-scoring normal images. It
   depends on lam and tau (a lower tau leaves larger false regions), so every candidate is scored
   with its own minimum area, exactly as it would be deployed.
@@ -222,31 +222,25 @@ def set_score(per_set: list[np.ndarray]) -> float:
 
 
 def most_sensitive_of_the_best(candidates: list[tuple[dict, list[np.ndarray], list[int]]]):
-    """The best candidate, or the best one at the next lower tau of the grid when its score is
-    within one standard error of the best (the paired error of their difference, image by image).
+    """The candidate with the lowest tau among those whose score is within one standard error of
+    the best (the paired error of their difference, image by image).
 
     A dozen synthetic images cannot tell two settings a few IOU points apart: refits that changed
     only float rounding swapped tau 0.05 and 0.08 on such near-ties (CFA, CFLOW-AD on bottle). And
     the synthetic set is biased one way: it is the half of the synthetic defects the detector
     flags, so it is stronger than the subtle real defects it stands for, and a higher tau (which
     erases faint parts of a defect) looks better on it than it is. So when the set cannot tell
-    the best from the next more sensitive threshold, that one is kept. One step only: on 12 images
-    the error can reach 7 IOU points (CFA), and the unbounded rule walked to the grid's lowest
-    tau, which leaves speckle on every defect.
+    them apart, the more sensitive threshold is kept; the standard error is the usual one-SE rule's.
     """
     best = max(candidates, key=lambda cand: set_score(cand[1]))
     best_score = set_score(best[1])
-    lower = [t for t in sorted({cand[0]["tau"] for cand in candidates}) if t < best[0]["tau"]]
-    if not lower:
-        return best
 
     def standard_error(cand) -> float:
         errors = [np.std(b - o, ddof=1) / np.sqrt(len(b)) if len(b) > 1 else 0.0 for b, o in zip(best[1], cand[1])]
         return float(np.sqrt(np.sum(np.square(errors))) / len(errors))
 
-    step_down = [cand for cand in candidates if cand[0]["tau"] == lower[-1]
-                 and set_score(cand[1]) >= best_score - standard_error(cand)]
-    return max(step_down, key=lambda cand: set_score(cand[1])) if step_down else best
+    near = [cand for cand in candidates if set_score(cand[1]) >= best_score - standard_error(cand)]
+    return min(near, key=lambda cand: (cand[0]["tau"], -set_score(cand[1])))
 
 
 def largest_region(mask: np.ndarray) -> int:
