@@ -70,8 +70,7 @@ def test_fit_writes_the_chain_calibration(bundle):
     chosen = [k for k in grid if f"tau={chain['f2pad']['tau']} " in k]
     assert chosen == [next(k for k in grid if k.endswith(f"min_area={chain['min_defect_area_px']}")
                            and f"tau={chain['f2pad']['tau']} " in k)]
-    top = max(grid, key=grid.get)  # the best mean, or a lower tau within one standard error of it
-    assert chosen[0] == top or chain["f2pad"]["tau"] < float(top.split("tau=")[1].split()[0])
+    assert grid[chosen[0]] == max(grid.values())
     config = json.loads((bundle / "config.json").read_text())
     assert config["thresholds"] == {"pixel": chain["pixel_threshold"], "image": chain["screen_threshold"]}
 
@@ -117,24 +116,6 @@ def test_line_settings_override_the_bundle_s(bundle):
     assert inspector.settings.screen_threshold == 3.5 and inspector.settings.min_defect_area_px == 40
     assert inspector.settings.f2pad.tau == 0.2
     assert inspector.settings.f2pad.lam == load_calibration(bundle)["chain"]["f2pad"]["lam"]
-
-
-def test_the_calibration_keeps_the_lowest_tau_the_synthetic_set_cannot_tell_from_the_best():
-    from inspectd.bundle.calibration import most_sensitive_of_the_best
-    rng = np.random.default_rng(0)
-    base = rng.uniform(0.2, 0.8, 12)
-
-    def cand(tau, ious, real=None):
-        return ({"tau": tau}, [np.asarray(ious)] + ([np.asarray(real)] if real is not None else []), [])
-    noisy = base + rng.normal(0, 0.1, 12)  # 0.02 below the best on average, but image by image +-0.1
-    noisy += base.mean() - 0.02 - noisy.mean()
-    assert most_sensitive_of_the_best([cand(0.08, base), cand(0.05, noisy)])[0]["tau"] == 0.05
-    clear = base - 0.1 + rng.normal(0, 0.01, 12)  # 0.1 below on every image: told apart
-    assert most_sensitive_of_the_best([cand(0.08, base), cand(0.05, clear)])[0]["tau"] == 0.08
-    # a lower tau within the error, and another even lower one far below: the nearer is kept
-    assert most_sensitive_of_the_best([cand(0.08, base), cand(0.05, noisy), cand(0.03, clear)])[0]["tau"] == 0.05
-    # real defects count as much as all synthetic ones; a single one adds no error of its own
-    assert most_sensitive_of_the_best([cand(0.08, base, [0.9]), cand(0.05, noisy, [0.5])])[0]["tau"] == 0.08
 
 
 def test_bundle_without_calibration_loads_with_its_old_thresholds(bundle, tmp_path, caplog):

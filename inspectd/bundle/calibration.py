@@ -17,8 +17,7 @@ saved in the bundle (calibration.json), so `inspectd fit` alone gives a deployab
   defects (subtle stains, scratches, blended patches, displaced texture) pasted on held-out
   normal images, run through the chain itself. The set is as subtle as this detector can still
   see (contrast raised only until half of it is flagged); labelled real defects, when given,
-  count as much as all the synthetic ones together. Among settings within one standard error of
-  the best, the lowest tau is kept (most_sensitive_of_the_best says why).
+  count as much as all the synthetic ones together.
 - min_defect_area_px: larger than what F2PAD leaves on the highest-scoring normal images. It
   depends on lam and tau (a lower tau leaves larger false regions), so every candidate is scored
   with its own minimum area, exactly as it would be deployed.
@@ -191,7 +190,7 @@ def choose_f2pad(method, prior, references, chain: ChainSettings, synthetic, def
     h, w = synthetic[0].shape[1:3]
     cap = max(4, int(c.max_min_area_share * h * w))
     table: dict[str, float] = {}
-    candidates = []  # (settings, per-set IOUs, probe areas)
+    best, best_score, best_areas = None, -1.0, []
     for lam in c.lam:
         f2pad = chain.f2pad.replace(lam=lam)
         inspector = Inspector(method, ChainSettings(chain.screen_threshold, chain.pixel_threshold, 1, f2pad),
@@ -205,42 +204,17 @@ def choose_f2pad(method, prior, references, chain: ChainSettings, synthetic, def
         for tau, close, fill in mask_grid:
             areas = [largest_region(mask_with(run, tau, close, fill, 1)) for run in probe_runs]
             min_area = int(min(cap, max(4, max(areas, default=0) + 1)))
-            per_set = [np.array([iou(mask_with(run, tau, close, fill, min_area), truth)
-                                 for run, truth in zip(runs[name], truths)]) for name, _, truths in sets]
-            table[f"lam={lam} tau={tau} close_px={close} fill_holes={fill} min_area={min_area}"] = round(
-                100 * set_score(per_set), 2)
-            candidates.append(({"lam": lam, "tau": tau, "close_px": close, "fill_holes": fill,
-                                "min_defect_area_px": min_area}, per_set, areas))
-    best, per_set, areas = most_sensitive_of_the_best(candidates)
-    log.info("calibration: F2PAD %s (mean IOU %.1f)", best, 100 * set_score(per_set))
-    return best, table, areas
-
-
-def set_score(per_set: list[np.ndarray]) -> float:
-    """Mean IOU; real defects, when given, weigh as much as all the synthetic ones together."""
-    return float(np.mean([ious.mean() for ious in per_set]))
-
-
-def most_sensitive_of_the_best(candidates: list[tuple[dict, list[np.ndarray], list[int]]]):
-    """The candidate with the lowest tau among those whose score is within one standard error of
-    the best (the paired error of their difference, image by image).
-
-    A dozen synthetic images cannot tell two settings a few IOU points apart: refits that changed
-    only float rounding swapped tau 0.05 and 0.08 on such near-ties (CFA, CFLOW-AD on bottle). And
-    the synthetic set is biased one way: it is the half of the synthetic defects the detector
-    flags, so it is stronger than the subtle real defects it stands for, and a higher tau (which
-    erases faint parts of a defect) looks better on it than it is. So when the set cannot tell
-    them apart, the more sensitive threshold is kept; the standard error is the usual one-SE rule's.
-    """
-    best = max(candidates, key=lambda cand: set_score(cand[1]))
-    best_score = set_score(best[1])
-
-    def standard_error(cand) -> float:
-        errors = [np.std(b - o, ddof=1) / np.sqrt(len(b)) if len(b) > 1 else 0.0 for b, o in zip(best[1], cand[1])]
-        return float(np.sqrt(np.sum(np.square(errors))) / len(errors))
-
-    near = [cand for cand in candidates if set_score(cand[1]) >= best_score - standard_error(cand)]
-    return min(near, key=lambda cand: (cand[0]["tau"], -set_score(cand[1])))
+            per_set = []
+            for name, _, truths in sets:
+                ious = [iou(mask_with(run, tau, close, fill, min_area), t) for run, t in zip(runs[name], truths)]
+                per_set.append(float(np.mean(ious)))
+            score = float(np.mean(per_set))  # real defects, when given, weigh as much as all synthetic ones
+            table[f"lam={lam} tau={tau} close_px={close} fill_holes={fill} min_area={min_area}"] = round(100 * score, 2)
+            if score > best_score:
+                best_score, best_areas = score, areas
+                best = {"lam": lam, "tau": tau, "close_px": close, "fill_holes": fill, "min_defect_area_px": min_area}
+    log.info("calibration: F2PAD %s (mean IOU %.1f)", best, 100 * best_score)
+    return best, table, best_areas
 
 
 def largest_region(mask: np.ndarray) -> int:
