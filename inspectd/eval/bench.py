@@ -30,7 +30,7 @@ from inspectd.errors import ConfigError
 from inspectd.bundle.fit import peak_memory_gb
 from inspectd.methods import create_method
 from inspectd.refine import F2PADSettings, PixelPrior, refine
-from inspectd.refine.f2pad import mask_from_magnitude
+from inspectd.refine.f2pad import mask_from_magnitude, one_cpu_thread
 
 TUNED = ("lam", "size_power", "inpaint", "tau", "close_px", "fill_holes")
 ABLATIONS = {
@@ -155,8 +155,6 @@ def speed_probe(method, size: int = 160, repeats: int = 15) -> float:
     fixed size x size crop, forward and backward to the pixels) on one torch thread, as F2PAD runs
     on CPU. The cores of a shared VM run at speeds that drift by a quarter between hours, so a
     timing is comparable with another run's only at a similar probe."""
-    from inspectd.refine.f2pad import one_cpu_thread
-
     if not getattr(method, "differentiable", True):  # F2PAD does not run on it: nothing to probe
         return float("nan")
     device = next((p.device for p in method.parameters()), torch.device("cpu"))
