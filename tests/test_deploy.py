@@ -13,6 +13,7 @@ from inspectd.cli import main
 from inspectd.deploy import ChainSettings, Inspector, coarse_threshold, judge
 from inspectd.errors import ConfigError
 from inspectd.geometry import iou
+from inspectd.refine import F2PADSettings
 from inspectd.methods import bundle as B
 from inspectd.methods import load_method
 from test_mvtec import make_mvtec
@@ -68,9 +69,18 @@ def test_fit_writes_the_chain_calibration(bundle):
     # every candidate was scored with the minimum defect area its own normal probes gave; the chosen
     # one is deployed with its own
     chosen = [k for k in grid if f"tau={chain['f2pad']['tau']} " in k]
-    assert chosen == [next(k for k in grid if k.endswith(f"min_area={chain['min_defect_area_px']}")
-                           and f"tau={chain['f2pad']['tau']} " in k)]
-    assert grid[chosen[0]] == max(grid.values())
+    assert len(chosen) == 1 and grid[chosen[0]] == max(grid.values())
+    # then the fewest iterations within a point of the uncapped solve (re-solved, so the deployed
+    # minimum area is the capped solve's own); every smaller cap tried scored lower than that
+    iters = {int(k): v for k, v in calibration["evidence"]["max_iters_mean_iou"].items()}
+    uncapped, deployed = F2PADSettings().max_iters, chain["f2pad"]["max_iters"]
+    assert iters[uncapped] == grid[chosen[0]]
+    assert set(iters) == {uncapped} | {cap for cap in (40, 60) if cap <= deployed}  # tried in order, up to the pick
+    rounding = 0.01  # the evidence keeps two decimals
+    assert deployed in iters and iters[deployed] >= iters[uncapped] - 1 - rounding
+    assert all(iters[cap] < iters[uncapped] - 1 + rounding for cap in iters if cap < deployed)
+    if deployed == uncapped:
+        assert chosen[0].endswith(f"min_area={chain['min_defect_area_px']}")
     config = json.loads((bundle / "config.json").read_text())
     assert config["thresholds"] == {"pixel": chain["pixel_threshold"], "image": chain["screen_threshold"]}
 

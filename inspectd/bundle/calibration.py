@@ -18,6 +18,9 @@ saved in the bundle (calibration.json), so `inspectd fit` alone gives a deployab
   normal images, run through the chain itself. The set is as subtle as this detector can still
   see (contrast raised only until half of it is flagged); labelled real defects, when given,
   count as much as all the synthetic ones together.
+- max_iters: the fewest F2PAD iterations (of a few caps) whose synthetic mean IOU stays within a
+  point of the solve run to its stopping rule. Time per refined frame is proportional to the
+  iterations, and how soon a solve is good enough depends on the line, so the fit measures it.
 - min_defect_area_px: larger than what F2PAD leaves on the highest-scoring normal images. It
   depends on lam and tau (a lower tau leaves larger false regions), so every candidate is scored
   with its own minimum area, exactly as it would be deployed.
@@ -57,6 +60,9 @@ class CalibrationConfig:
     # None: by rule (half a feature stride; filled outlines), a tuple: tried on the synthetic set
     close_px: tuple[int, ...] | None = None
     fill_holes: tuple[bool, ...] | None = None
+    # iteration caps tried after lam and tau (choose_max_iters); () keeps the solver's own stopping rule
+    max_iters: tuple[int, ...] = (40, 60)
+    max_iters_tolerance: float = 0.01  # synthetic mean IOU (0-1) the fit may give up for a cap
     normal_probes: int = 4  # highest-scoring held-out normals refined to size min_defect_area_px
     max_min_area_share: float = 0.002  # min_defect_area_px never exceeds this share of the image
     seed: int = 0
@@ -66,6 +72,9 @@ class CalibrationConfig:
             raise ConfigError(f"calibration: normal_frame_budget must be in (0, 1), got {self.normal_frame_budget}")
         if self.synthetic_images < 1 or not self.lam or not self.tau:
             raise ConfigError("calibration: need synthetic_images >= 1 and non-empty lam and tau grids")
+        if any(int(i) < 1 for i in self.max_iters) or not 0 <= self.max_iters_tolerance < 1:
+            raise ConfigError(f"calibration: max_iters caps must be >= 1 and max_iters_tolerance in [0, 1), got "
+                              f"{self.max_iters} and {self.max_iters_tolerance}")
 
 
 def calibrate_chain(method, prior, fit_images: np.ndarray, holdout: np.ndarray, references: np.ndarray,
@@ -83,7 +92,7 @@ def calibrate_chain(method, prior, fit_images: np.ndarray, holdout: np.ndarray, 
     chain = ChainSettings(screen_threshold=threshold, pixel_threshold=threshold, f2pad=base)
     *synthetic, synthetic_info = visible_synthetic_set(method, holdout, c.synthetic_images, c.seed, threshold)
     probes = normal_probes(holdout, maps, scores, chain, c.normal_probes)
-    best, table, normal_areas = choose_f2pad(method, prior, references, chain, synthetic, defects, probes, c,
+    best, tables, normal_areas = choose_f2pad(method, prior, references, chain, synthetic, defects, probes, c,
                                              progress)
     min_area = best.pop("min_defect_area_px")
     chain.f2pad = base.replace(**best)
@@ -100,7 +109,8 @@ def calibrate_chain(method, prior, fit_images: np.ndarray, holdout: np.ndarray, 
             "normal_scores": {"median": float(np.median(scores)), "max": float(scores.max())},
             "inpaint_reconstruction_error": inpaint_errors,
             "synthetic_images": int(len(synthetic[0])), "synthetic_set": synthetic_info, "real_defects": int(len(defects[0])) if defects else 0,
-            "f2pad_grid_mean_iou": table, "normal_probe_areas_px": normal_areas,
+            "f2pad_grid_mean_iou": tables["grid"], "max_iters_mean_iou": tables["max_iters"],
+            "normal_probe_areas_px": normal_areas,
         },
     }
 
@@ -180,41 +190,82 @@ def normal_probes(normals, maps, scores, chain: ChainSettings, n: int) -> list[t
 
 def choose_f2pad(method, prior, references, chain: ChainSettings, synthetic, defects, probes,
                  c: CalibrationConfig, progress: bool) -> tuple[dict, dict, list[int]]:
-    """lam by re-solving; tau, close_px and fill_holes by post-processing the same solutions.
-    Each candidate's minimum defect area comes from the normal probes solved with it, and the
-    candidate is scored with that area (see the module's docstring)."""
+    """lam by re-solving; tau, close_px and fill_holes by post-processing the same solutions;
+    then the iteration cap (choose_max_iters). Each candidate's minimum defect area comes from the
+    normal probes solved with it, and the candidate is scored with that area (see the module's
+    docstring)."""
     sets = [("synthetic", *synthetic)] + ([("real", *defects)] if defects is not None and len(defects[0]) else [])
     close = c.close_px if c.close_px is not None else (closing_radius(method),)
     fill = c.fill_holes if c.fill_holes is not None else (True,)
-    mask_grid = list(itertools.product(c.tau, close, fill))
     h, w = synthetic[0].shape[1:3]
     cap = max(4, int(c.max_min_area_share * h * w))
     table: dict[str, float] = {}
     best, best_score, best_areas = None, -1.0, []
     for lam in c.lam:
         f2pad = chain.f2pad.replace(lam=lam)
-        inspector = Inspector(method, ChainSettings(chain.screen_threshold, chain.pixel_threshold, 1, f2pad),
-                              prior, references, device=f2pad.device)
-        runs = {name: [inspector.refine(img) for img in
-                       tqdm(images, desc=f"calibrating F2PAD lam={lam} ({name})", leave=False, disable=not progress)]
-                for name, images, _ in sets}
-        probe_runs = [Inspector(method, ChainSettings(chain.screen_threshold, threshold, 1, f2pad), prior,
-                                references, device=f2pad.device).refine(image, amap)
-                      for image, amap, threshold in probes]
-        for tau, close, fill in mask_grid:
-            areas = [largest_region(mask_with(run, tau, close, fill, 1)) for run in probe_runs]
-            min_area = int(min(cap, max(4, max(areas, default=0) + 1)))
-            per_set = []
-            for name, _, truths in sets:
-                ious = [iou(mask_with(run, tau, close, fill, min_area), t) for run, t in zip(runs[name], truths)]
-                per_set.append(float(np.mean(ious)))
-            score = float(np.mean(per_set))  # real defects, when given, weigh as much as all synthetic ones
-            table[f"lam={lam} tau={tau} close_px={close} fill_holes={fill} min_area={min_area}"] = round(100 * score, 2)
+        runs, probe_runs = solve_candidate(method, prior, references, chain, f2pad, sets, probes, progress)
+        for tau, close_px, fill_holes in itertools.product(c.tau, close, fill):
+            score, min_area, areas = score_masks(runs, probe_runs, sets, (tau, close_px, fill_holes), cap)
+            table[f"lam={lam} tau={tau} close_px={close_px} fill_holes={fill_holes} min_area={min_area}"] = \
+                round(100 * score, 2)
             if score > best_score:
                 best_score, best_areas = score, areas
-                best = {"lam": lam, "tau": tau, "close_px": close, "fill_holes": fill, "min_defect_area_px": min_area}
+                best = {"lam": lam, "tau": tau, "close_px": close_px, "fill_holes": fill_holes,
+                        "min_defect_area_px": min_area}
     log.info("calibration: F2PAD %s (mean IOU %.1f)", best, 100 * best_score)
-    return best, table, best_areas
+    best, iters_table, capped_areas = choose_max_iters(method, prior, references, chain, sets, probes, c, best,
+                                                       best_score, cap, progress)
+    return best, {"grid": table, "max_iters": iters_table}, capped_areas or best_areas
+
+
+def choose_max_iters(method, prior, references, chain: ChainSettings, sets, probes, c: CalibrationConfig,
+                     best: dict, best_score: float, area_cap: int, progress: bool
+                     ) -> tuple[dict, dict, list[int] | None]:
+    """The fewest F2PAD iterations that keep the chosen settings' synthetic mean IOU within
+    `max_iters_tolerance` of the uncapped solve. Refinement time is proportional to the
+    iterations, and the stopping rule (the loss or the mask settled) is generic: on a given
+    line a solve can be good long before it settles. Re-solved with each cap, so the minimum
+    defect area and the mask are what the capped chain deploys."""
+    uncapped = chain.f2pad.max_iters
+    table = {str(uncapped): round(100 * best_score, 2)}
+    mask = (best["tau"], best["close_px"], best["fill_holes"])
+    for max_iters in sorted(i for i in c.max_iters if i < uncapped):
+        f2pad = chain.f2pad.replace(lam=best["lam"], max_iters=max_iters)
+        runs, probe_runs = solve_candidate(method, prior, references, chain, f2pad, sets, probes, progress)
+        score, min_area, areas = score_masks(runs, probe_runs, sets, mask, area_cap)
+        table[str(max_iters)] = round(100 * score, 2)
+        if score >= best_score - c.max_iters_tolerance:
+            log.info("calibration: F2PAD max_iters %d (mean IOU %.1f, uncapped %.1f)", max_iters, 100 * score,
+                     100 * best_score)
+            return {**best, "max_iters": max_iters, "min_defect_area_px": min_area}, table, areas
+    return {**best, "max_iters": uncapped}, table, None
+
+
+def solve_candidate(method, prior, references, chain: ChainSettings, f2pad: F2PADSettings, sets, probes,
+                    progress: bool) -> tuple[dict, list]:
+    """One F2PAD setting through the chain: every calibration image and every normal probe."""
+    inspector = Inspector(method, ChainSettings(chain.screen_threshold, chain.pixel_threshold, 1, f2pad),
+                          prior, references, device=f2pad.device)
+    label = f"lam={f2pad.lam} max_iters={f2pad.max_iters}"
+    runs = {name: [inspector.refine(img) for img in
+                   tqdm(images, desc=f"calibrating F2PAD {label} ({name})", leave=False, disable=not progress)]
+            for name, images, _ in sets}
+    probe_runs = [Inspector(method, ChainSettings(chain.screen_threshold, threshold, 1, f2pad), prior,
+                            references, device=f2pad.device).refine(image, amap)
+                  for image, amap, threshold in probes]
+    return runs, probe_runs
+
+
+def score_masks(runs: dict, probe_runs: list, sets, mask: tuple[float, int, bool], area_cap: int
+                ) -> tuple[float, int, list[int]]:
+    """(score, min_defect_area_px, probe areas) of one mask setting (tau, close_px, fill_holes):
+    the minimum area just clears the normal probes; the score is the mean IOU per set, averaged
+    over the sets (real defects, when given, weigh as much as all synthetic ones)."""
+    areas = [largest_region(mask_with(run, *mask, 1)) for run in probe_runs]
+    min_area = int(min(area_cap, max(4, max(areas, default=0) + 1)))
+    per_set = [float(np.mean([iou(mask_with(run, *mask, min_area), t) for run, t in zip(runs[name], truths)]))
+               for name, _, truths in sets]
+    return float(np.mean(per_set)), min_area, areas
 
 
 def largest_region(mask: np.ndarray) -> int:
