@@ -196,6 +196,14 @@ def test_fit_with_defects_then_deployed_eval_leaves_them_out(tmp_path, capsys):
         assert key in result
     assert result["n"] == 2 and result["defects_left_out"] == 1  # 1 good + 1 of the 2 defects
     assert result["per_type"]["scratch"]["n_defective"] == 1
+    # one record per scored image: which frames were missed and how each mask compares
+    records = {r["path"]: r for r in result["images"]}
+    assert len(records) == 2 and {r["type"] for r in records.values()} == {"good", "scratch"}
+    good = next(r for r in records.values() if r["type"] == "good")
+    assert good["iou"] is None and good["true_area_px"] == 0
+    scratch = next(r for r in records.values() if r["type"] == "scratch")
+    assert scratch["true_area_px"] > 0 and 0 <= scratch["coarse_iou"] <= 100
+    assert (scratch["refine_seconds"] is None) == (not scratch["flagged"])
     assert 0.0 <= result["pixel_f1"] <= 1.0 and "not deployable" in result["oracle_coarse"]["note"]
     probe = result["speed_probe_ms"]  # the machine's speed beside the seconds, before and after the run
     assert 0 < probe["before"] < 10_000 and 0 < probe["after"] < 10_000 and "machine speed probe" in table

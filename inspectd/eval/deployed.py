@@ -155,7 +155,27 @@ def summarise(test, runs: list[NativeInspection]) -> dict:
                                      [runs[i].refine_seconds for i in idx if runs[i].refine_seconds is not None],
                                      np.asarray(test.labels, bool)[idx], [areas[i] for i in idx])
     result["per_type"] = per_type
+    result["images"] = per_image(test, runs, truths, coarse, final, areas)
     return result
+
+
+def per_image(test, runs: list[NativeInspection], truths, coarse, final, areas) -> list[dict]:
+    """One record per test image, so a reader can see which frames were missed and which masks
+    ran over (the summary alone hides it)."""
+    records = []
+    for i, run in enumerate(runs):
+        defective = bool(test.labels[i])
+        records.append({
+            "path": "/".join(Path(test.paths[i]).parts[-2:]) if test.paths else str(i),
+            "type": test.defect_types[i], "score": round(float(run.score), 4), "flagged": bool(run.flagged),
+            "decision": run.decision,
+            "iou": round(100 * iou(final[i], truths[i]), 2) if defective else None,
+            "coarse_iou": round(100 * iou(coarse[i], truths[i]), 2) if defective else None,
+            "true_area_px": int(np.count_nonzero(truths[i])), "reported_area_px": int(areas[i]),
+            "refine_seconds": None if run.refine_seconds is None else round(float(run.refine_seconds), 3),
+            "iterations": int(run.iterations),
+        })
+    return records
 
 
 def json_safe(value):
