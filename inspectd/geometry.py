@@ -190,3 +190,47 @@ class CroppedMask:
     def area_px(self) -> int:
         return int(np.count_nonzero(self.full())) if len(self.crops) > 1 else \
             sum(int(np.count_nonzero(c)) for _, c in self.crops)
+
+
+@dataclass
+class FrameCrops:
+    """The pixels of a (height, width) frame that a tile refiner reads, as crops (box, pixels of
+    the box's size): what a flagged frame's message carries instead of the whole frame (frame
+    schema 4). Indexed like the frame it stands for; pixels outside every crop read as 0, and
+    `covers` says whether a box is all known pixels."""
+
+    height: int
+    width: int
+    crops: list[tuple[Box, np.ndarray]]
+
+    @classmethod
+    def cut(cls, frame: np.ndarray, boxes: list[Box]) -> "FrameCrops":
+        return cls(frame.shape[0], frame.shape[1], [(b, np.ascontiguousarray(frame[b.slices])) for b in boxes])
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        channels = self.crops[0][1].shape[2:] if self.crops else (3,)
+        return (self.height, self.width, *channels)
+
+    @property
+    def dtype(self):
+        return self.crops[0][1].dtype if self.crops else np.dtype(np.float32)
+
+    @property
+    def pixels(self) -> int:
+        return sum(box.area for box, _ in self.crops)
+
+    def covers(self, box: Box) -> bool:
+        """Whether every pixel of `box` lies in one crop (a refiner's window must)."""
+        return any(c.x <= box.x and c.y <= box.y and box.x1 <= c.x1 and box.y1 <= c.y1 for c, _ in self.crops)
+
+    def __getitem__(self, slices: tuple[slice, slice]) -> np.ndarray:
+        rows, cols = slices
+        want = Box(cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start).clip(self.height, self.width)
+        out = np.zeros((want.h, want.w, *self.shape[2:]), self.dtype)
+        for box, pixels in self.crops:
+            if box.overlaps(want):
+                x0, y0 = max(box.x, want.x), max(box.y, want.y)
+                part = Box(x0, y0, min(box.x1, want.x1) - x0, min(box.y1, want.y1) - y0)
+                out[part.relative_to(want).slices] = pixels[part.relative_to(box).slices]
+        return out

@@ -2,7 +2,7 @@ import cv2
 import numpy as np
 import pytest
 
-from inspectd.geometry import Box, box_to_native, box_to_small, mask_box, measure_defects, native_to_small
+from inspectd.geometry import Box, FrameCrops, box_to_native, box_to_small, mask_box, measure_defects, native_to_small
 
 
 def ellipse(angle_deg, axes=(30, 10), size=128, centre=(64, 60)):
@@ -95,3 +95,14 @@ def test_mask_box_is_tight():
     mask[2:5, 8] = True
     mask[6, 3] = True
     assert mask_box(mask) == Box(3, 2, 6, 5)
+
+
+def test_frame_crops_read_like_the_frame_inside_them_and_zero_outside():
+    frame = np.arange(20 * 30 * 3, dtype=np.float32).reshape(20, 30, 3)
+    crops = FrameCrops.cut(frame, [Box(2, 3, 5, 4), Box(10, 0, 8, 20)])
+    assert crops.shape == (20, 30, 3) and crops.dtype == np.float32 and crops.pixels == 5 * 4 + 8 * 20
+    assert np.array_equal(crops[3:7, 2:7], frame[3:7, 2:7]) and np.array_equal(crops[5:9, 11:17], frame[5:9, 11:17])
+    spanning = crops[0:20, 0:30]  # pixels outside every crop are 0
+    assert np.array_equal(spanning[:, 10:18], frame[:, 10:18]) and not spanning[:, 20:].any()
+    assert crops.covers(Box(10, 5, 8, 15)) and crops.covers(Box(3, 4, 2, 2))
+    assert not crops.covers(Box(6, 3, 5, 4))  # straddles a crop's edge: not all known pixels

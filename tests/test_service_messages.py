@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from inspectd.data.images import encode_png
-from inspectd.geometry import Box, CroppedMask
+from inspectd.geometry import Box, CroppedMask, FrameCrops
 from inspectd.service.preview import make_preview
 from inspectd.service.messages import (SCHEMA_VERSION, MessageError, encode_frame, encode_result, map_summary,
                                        parse_frame, parse_result)
@@ -349,4 +349,42 @@ def test_bad_previews_raise_their_kind(mutate, kind):
     parts, _ = with_preview()
     with pytest.raises(MessageError) as info:
         parse_result(mutate(parts))
+    assert info.value.kind == kind
+
+
+def crops_frame(img: np.ndarray) -> FrameCrops:
+    return FrameCrops.cut(img, [Box(2, 3, 10, 8), Box(20, 10, 16, 20)])
+
+
+def test_a_frame_can_travel_as_the_crops_a_tile_refiner_reads():
+    img = image()
+    parts = encode_frame({**frame_header(), "regions": [[4, 5, 3, 3]]}, crops_frame(img))
+    assert len(parts) == 3  # header and one PNG per crop
+    header, decoded = parse_frame(parts, MAX, expected_size=(32, 40))
+    assert header["schema"] == 4 and header["encoding"] == "png-crops" and decoded.shape[:2] == (32, 40)
+    assert [b.as_list() for b, _ in decoded.crops] == [[2, 3, 10, 8], [20, 10, 16, 20]]
+    assert np.abs(decoded[3:11, 2:12] - img[3:11, 2:12]).max() <= 0.5 / 255 + 1e-6
+    whole = len(b"".join(encode_frame(frame_header(), img)))
+    assert len(b"".join(parts)) < whole  # the point: fewer bytes than the whole frame
+
+
+def reheader(parts: list[bytes], **fields) -> list[bytes]:
+    header = json.loads(parts[0])
+    header.update(fields)
+    return [json.dumps(header).encode(), *parts[1:]]
+
+
+@pytest.mark.parametrize("mutate, kind", [
+    (lambda p: reheader(p, crops=[[30, 10, 16, 20], [2, 3, 10, 8]]), "malformed"),  # outside the frame
+    (lambda p: reheader(p, crops=[]), "malformed"),
+    (lambda p: reheader(p, crops="all"), "malformed"),
+    (lambda p: reheader(p, crops=[[0, 0, 40, 32]] * 2), "malformed"),  # more pixels than the frame
+    (lambda p: p[:2], "malformed"),  # a crop's PNG missing
+    (lambda p: reheader(p, crops=[[2, 3, 10, 8], [20, 10, 16, 19]]), "wrong_size"),  # PNG of another size
+    (lambda p: reheader(p, schema=3), "malformed"),  # crops before schema 4
+    (lambda p: [p[0], p[1], b"not a png"], "bad_image"),
+])
+def test_bad_crop_frames_raise_their_kind(mutate, kind):
+    with pytest.raises(MessageError) as info:
+        parse_frame(mutate(encode_frame(frame_header(), crops_frame(image()))), MAX)
     assert info.value.kind == kind

@@ -14,6 +14,8 @@ coarse-mask rule turns its map into flagged regions, mapped to native pixels exa
 
 Nothing here allocates a full-frame feature map: features are computed on the downscaled frame
 or on T x T windows, and masks travel as crops around their regions (geometry.CroppedMask).
+A tile refiner reads only the pixels of its windows (pixels_read), so the capture can send just
+those (geometry.FrameCrops, frame schema 4) instead of a 5-20 MP frame.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ import numpy as np
 
 from inspectd.data.images import screening_input
 from inspectd.deploy.inspector import DEFECT, OK, Inspector, coarse_threshold, judge
-from inspectd.geometry import Box, CroppedMask, box_to_native, mask_box
+from inspectd.errors import InspectdError
+from inspectd.geometry import Box, CroppedMask, FrameCrops, box_to_native, mask_box
 from inspectd.refine.f2pad import refine_native
 
 WINDOW_OVERLAP = 0.25  # share of a window shared with its neighbour when a region needs several
@@ -114,7 +117,23 @@ def windows_for(region: Box, frame_hw: tuple[int, int], tile: int) -> list[Box]:
     return [Box(x, y, tile, tile).clip(h, w) for y in ys for x in xs]
 
 
-def cut(frame: np.ndarray, box: Box, tile: int) -> np.ndarray:
+def refinement_plan(regions: list[Box], frame_hw: tuple[int, int], tile: int) -> list[tuple[Box, list[Box]]]:
+    """What a tile refiner refines: each flagged region padded with the context its features
+    reach past it (an eighth of a tile), merged where they overlap, with the T x T windows that
+    cover it."""
+    h, w = frame_hw
+    margin = tile // 8
+    return [(region, windows_for(region, (h, w), tile))
+            for region in merge_overlapping([r.pad(margin).clip(h, w) for r in regions])]
+
+
+def pixels_read(regions: list[Box], frame_hw: tuple[int, int], tile: int) -> list[Box]:
+    """The native boxes a tile refiner reads for these regions (the hulls of each region's
+    windows, merged): all a flagged frame's message needs to carry (frame schema 4)."""
+    return merge_overlapping([Box.union(windows) for _, windows in refinement_plan(regions, frame_hw, tile)])
+
+
+def cut(frame: np.ndarray | FrameCrops, box: Box, tile: int) -> np.ndarray:
     """The window's pixels as float RGB in [0, 1] (an 8-bit frame is converted window by window,
     never whole), reflected out to tile x tile when the frame is smaller than a tile."""
     crop = frame[box.slices]
@@ -181,6 +200,10 @@ class NativeChain:
         if regions is None:
             score, _, regions, _ = self.screen(frame)
         started = time.perf_counter()
+        if self.tile is None and isinstance(frame, FrameCrops):
+            raise InspectdError("this frame carries crops (frame schema 4), but a whole-frame refiner bundle reads "
+                                "the whole frame: refine with a tile bundle (`fit --tile`) or set "
+                                "transport.frame_payload: frame")
         if self.tile is None and self.whole_frame == "native" and frame.shape[:2] != (self.refiner.image_size,) * 2:
             result = self.refine_native(frame, score, px_per_mm)
         elif self.tile is None:
@@ -232,13 +255,15 @@ class NativeChain:
         """Each region refined in native T x T windows; the region's mask is the union of what
         its windows found inside it (a window's context outside the region is not judged)."""
         h, w = frame.shape[:2]
-        margin = self.tile // 8  # context around the flagged region: features reach past it
         crops, coarse_crops, defects, windows, iterations = [], [], [], [], 0
-        for region in merge_overlapping([r.pad(margin).clip(h, w) for r in regions]):
+        for region, region_windows in refinement_plan(regions, (h, w), self.tile):
             mask = np.zeros((region.h, region.w), bool)
             coarse = np.zeros_like(mask)
             score_map = np.zeros(mask.shape, np.float32)
-            for window in windows_for(region, (h, w), self.tile):
+            for window in region_windows:
+                if isinstance(frame, FrameCrops) and not frame.covers(window):
+                    raise InspectdError(f"the frame's crops do not hold window {window.as_list()} of this refiner's "
+                                        f"{self.tile} px tiles (were they cut for another refiner bundle?)")
                 run = self.refiner.refine(cut(frame, window, self.tile), score=score)
                 iterations += int(run.stats.get("iterations", 0))
                 inside = window_in_region(window, region)
@@ -281,4 +306,4 @@ def upsample(mask: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     return cv2.resize(np.asarray(mask, np.float32), (w, h), interpolation=cv2.INTER_LINEAR) >= 0.5
 
 
-__all__ = ["NativeChain", "NativeInspection", "downscale", "flagged_regions", "mask_box", "windows_for"]
+__all__ = ["NativeChain", "NativeInspection", "downscale", "flagged_regions", "mask_box", "pixels_read", "windows_for"]

@@ -3,8 +3,9 @@
 - screening frames/s per frame size, through the capture's code (Frame.for_screening): JPEG
   decode at reduced size, 8-bit downscale to the screening bundle's size, float, ONNX Runtime;
   the ratio is against 256x256 frames measured in the same run;
-- the frame message at 5 MP (the native frame as PNG) against sending only a flagged crop:
-  bytes and encode time; the result message with one defect (mask crop);
+- the frame message at 5 MP with the whole frame against the crops a tile refiner reads around
+  one flagged defect (the --refiner bundle's tile, else 256 px): bytes and encode time; the
+  result message with one defect (mask crop);
 - peak memory (VmHWM) of a fresh process that screens, and one that refines (a tile bundle
   when given), one frame at 5 MP and at 20 MP; with --whole-frame-native also one that refines
   a whole frame at native pixels (refiner.whole_frame: native) with the screening bundle: its
@@ -66,17 +67,25 @@ def screening_fps(screen, size: int, hw: tuple[int, int], frames: int) -> dict:
             "p99_ms": float(np.percentile(lat, 99) * 1000), "frames": frames}
 
 
-def message_sizes() -> dict:
-    """5 MP: the native frame as the frame message's PNG vs a 512 px flagged crop; the result."""
-    from inspectd.data.images import encode_png
-    from inspectd.service.messages import encode_result
+def message_sizes(tile: int) -> dict:
+    """5 MP, one flagged defect: the frame message with the whole frame (schema 3) and with only
+    the pixels a tile refiner of `tile` px reads (schema 4, transport.frame_payload: crops),
+    bytes and encode time, both through the capture's encode_frame; the result message."""
+    from inspectd.deploy.native import pixels_read
+    from inspectd.geometry import Box, FrameCrops
+    from inspectd.service.messages import encode_frame, encode_result
 
-    frame = generated_frame(SIZES["5MP"]).astype(np.float32) / 255
+    frame = generated_frame(SIZES["5MP"])  # 8-bit, as a camera delivers it
+    region = Box(1430, 960, 140, 80)  # where screening flagged the defect below
+    header = {"frame_id": "cam0-1-0000001", "camera": "cam0", "captured_at": 1.0, "screened_at": 1.1, "score": 1.5,
+              "threshold": 1.0, "map_summary": {}, "model_id": "m", "px_per_mm": None, "regions": [region]}
+    crops = FrameCrops.cut(frame, pixels_read([region], SIZES["5MP"], tile))
     out = {}
-    for name, image in (("frame_png", frame), ("crop_png_512", frame[800:1312, 1200:1712])):
+    for name, image in (("frame_whole", frame), (f"frame_crops_tile{tile}", crops)):
         t0 = time.perf_counter()
-        data = encode_png(image)
-        out[name] = {"bytes": len(data), "encode_ms": round((time.perf_counter() - t0) * 1000, 1)}
+        data = encode_frame(header, image)
+        out[name] = {"bytes": sum(len(p) for p in data), "encode_ms": round((time.perf_counter() - t0) * 1000, 1)}
+    out[f"frame_crops_tile{tile}"]["pixels"] = crops.pixels
     mask = np.zeros(SIZES["5MP"], bool)
     cv2.ellipse(mask.view(np.uint8), (1500, 1000), (60, 14), 30, 0, 360, 1, -1)
     ys, xs = np.nonzero(mask)
@@ -89,6 +98,13 @@ def message_sizes() -> dict:
               "screening_model_id": "m"}
     out["result_one_defect"] = {"bytes": sum(len(p) for p in encode_result(result, mask))}
     return out
+
+
+def tile_of(refiner: str | None) -> int | None:
+    """A tile refiner bundle's window size (None: no refiner given, or a whole-frame bundle)."""
+    from inspectd.bundle import load_calibration
+
+    return int(t) if refiner and (t := (load_calibration(refiner) or {}).get("tile")) else None
 
 
 def child_peak_memory(role: str, size: str, screening: Path, refiner: Path | None) -> dict:
@@ -175,7 +191,8 @@ def run_native_bench(args) -> dict:
         r["ratio_vs_256"] = round(r["fps"] / base, 3)
         print(f"screening {s:>5} ({SIZES[s][1]}x{SIZES[s][0]}): {r['fps']:6.1f} frames/s, p50 {r['p50_ms']:.1f} ms, "
               f"p99 {r['p99_ms']:.1f} ms ({r['ratio_vs_256']:.2f}x of 256x256 frames)")
-    messages = message_sizes()
+    tile = tile_of(args.refiner)
+    messages = message_sizes(tile or 256)
     for name, m in messages.items():
         print(f"message {name}: {m['bytes'] / 1024:.1f} KiB" + (f", encode {m['encode_ms']} ms" if "encode_ms" in m else ""))
     memory = {}

@@ -32,13 +32,14 @@ import zmq
 from inspectd.data.images import DEFAULT_MAX_PIXELS
 from inspectd.deploy.drift import DriftMonitor
 from inspectd.deploy.inspector import ChainSettings, coarse_threshold
-from inspectd.deploy.native import flagged_regions
+from inspectd.deploy.native import flagged_regions, pixels_read
 from inspectd.errors import ConfigError
+from inspectd.geometry import FrameCrops
 from inspectd.service.capture import Frame, open_source, paced
 from inspectd.service.heartbeat import HEARTBEAT_TOPIC, RefinerTracker, parse_heartbeat
 from inspectd.service.lifecycle import check_alive, reload_model, signal_handlers
-from inspectd.service.messages import ACK_ERROR_KINDS, MESSAGE_ERROR_KINDS, MessageError, encode_frame, map_summary, \
-    parse_result, topic_for
+from inspectd.service.messages import ACK_ERROR_KINDS, MAX_MASK_CROPS, MESSAGE_ERROR_KINDS, MessageError, \
+    encode_frame, map_summary, parse_result, topic_for
 from inspectd.service.metrics import ServiceMetrics
 from inspectd.service.sdnotify import Notifier
 from inspectd.service.settings import Settings
@@ -64,6 +65,9 @@ class Screening:
     chain: ChainSettings | None = None
     normal_scores: np.ndarray | None = None  # the bundle's held-out normal scores (drift reference)
     image_size: int | None = None  # the square frame size the model screens (None: any)
+    # the tile refiner's window size when flagged frames travel as crops (transport.frame_payload
+    # "crops"): the message carries the pixels its windows read; None sends the whole frame
+    crop_tile: int | None = None
 
 
 class FrameSender(threading.Thread):
@@ -256,7 +260,7 @@ class CaptureLoop:
         if self.screening.chain is not None:
             threshold = coarse_threshold(self.screening.chain, float(np.max(score_map)))
             header["regions"] = flagged_regions(score_map, threshold, frame.hw)
-        parts = encode_frame(header, frame.pixels())
+        parts = encode_frame(header, self.payload(frame, header.get("regions")))
         size = sum(len(p) for p in parts)
         if size > self.settings.transport.max_message_bytes:
             log.warning("frame %s: %d bytes exceeds transport.max_message_bytes; dropped", frame.id, size)
@@ -266,12 +270,25 @@ class CaptureLoop:
             self.counts["spooled"] += 1
 
 
+    def payload(self, frame: Frame, regions: list | None) -> np.ndarray | FrameCrops:
+        """The whole frame, or with a tile refiner only the pixels its windows read around the
+        flagged regions (deploy.native.pixels_read, the refiner's own rule)."""
+        tile = self.screening.crop_tile
+        if not tile or not regions:
+            return frame.pixels()
+        boxes = pixels_read(regions, frame.hw, tile)
+        if len(boxes) > MAX_MASK_CROPS:  # scattered regions: the whole frame is the smaller message
+            return frame.pixels()
+        return FrameCrops.cut(frame.pixels(), boxes)
+
+
 def run_capture(settings: Settings, screen: ScreenFn, stop_event: threading.Event, *,
                 threshold: float | None = None, model_id: str = "unknown", normal_scores: np.ndarray | None = None,
                 reload: Callable[[], Screening] | None = None, reload_event: threading.Event | None = None,
                 frames: Iterator[Frame | None] | None = None, metrics: ServiceMetrics | None = None,
                 notifier: Notifier | None = None, on_frame: Callable[[Frame, bool], None] | None = None,
-                chain: ChainSettings | None = None, image_size: int | None = None) -> dict:
+                chain: ChainSettings | None = None, image_size: int | None = None,
+                crop_tile: int | None = None) -> dict:
     """Run until the source ends and every flagged frame is acked, or until stop_event.
 
     `threshold` is the model's image threshold; settings.screening.threshold overrides it.
@@ -280,7 +297,8 @@ def run_capture(settings: Settings, screen: ScreenFn, stop_event: threading.Even
     `frames` replaces the configured source; `on_frame(frame, flagged)` observes each frame.
     `chain` (the screening bundle's ChainSettings) makes flagged frames carry their regions.
     `image_size` (the model's square input) lets each frame be shrunk to it as cheaply as its
-    form allows (Frame.for_screening) before `screen` sees it.
+    form allows (Frame.for_screening) before `screen` sees it. `crop_tile` (a tile refiner's
+    window size) sends flagged frames as the crops that refiner reads (Screening.crop_tile).
     Returns counts. On return the spool keeps every unacked frame for the next start.
     """
     threshold = settings.screening.threshold if settings.screening.threshold is not None else threshold
@@ -304,7 +322,8 @@ def run_capture(settings: Settings, screen: ScreenFn, stop_event: threading.Even
     except BaseException:  # e.g. the port is taken: release the context and the authenticator thread
         transport.close()
         raise
-    loop = CaptureLoop(settings, Screening(screen, float(threshold), model_id, chain, normal_scores, image_size),
+    loop = CaptureLoop(settings, Screening(screen, float(threshold), model_id, chain, normal_scores, image_size,
+                                           crop_tile),
                       metrics, spool)
     source = frames if frames is not None else open_source(
         settings.capture, settings.camera_id, stop_event, lambda reason: metrics.source_errors.labels(reason).inc(),

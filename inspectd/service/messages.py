@@ -22,12 +22,15 @@ import numpy as np
 
 from inspectd.data.images import DEFAULT_MAX_PIXELS, check_png, decode_image, encode_png
 from inspectd.errors import BadImageError, InspectdError
-from inspectd.geometry import Box, CroppedMask
+from inspectd.geometry import Box, CroppedMask, FrameCrops
 from inspectd.service.preview import Preview, jpeg_size
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 3  # results, and frames that carry the whole frame
 RESULT_SCHEMAS = (1, 2, 3)  # result versions subscribers read (1: full-frame mask PNG; 3 adds the preview part)
-FRAME_SCHEMAS = (1, 2, 3)  # frame versions refiners read (2 adds the optional `regions`; 3 is 2 unchanged)
+# frame versions refiners read: 2 adds the optional `regions`; 3 is 2 unchanged; 4 carries the
+# pixels a tile refiner reads as crops (encoding "png-crops") instead of the whole frame
+FRAME_SCHEMAS = (1, 2, 3, 4)
+CROPS_FRAME_SCHEMA = 4
 MAX_PREVIEW_BYTES = 2**20  # a result's preview JPEG (refiner.preview.max_bytes is at most this)
 MAX_PREVIEW_SIDE = 4096
 MAX_MASK_CROPS = 256  # defects per result; more crops are merged into one box
@@ -87,31 +90,37 @@ def map_summary(score_map: np.ndarray, threshold: float) -> dict:
 
 
 # --- frames ----------------------------------------------------------------------------------
-def encode_frame(header: dict, image: np.ndarray) -> list[bytes]:
-    """Header fields (without schema, size, encoding, which are filled in) + float RGB image.
+def encode_frame(header: dict, image: np.ndarray | FrameCrops) -> list[bytes]:
+    """Header fields (without schema, size, encoding, which are filled in) + the frame: a float or
+    8-bit RGB image (one PNG part, schema 3), or FrameCrops (one PNG part per crop, schema 4).
     Optional `regions`: Boxes (or [x, y, w, h] lists) in the frame's pixels."""
     regions = [r.as_list() if isinstance(r, Box) else list(r) for r in header.get("regions", [])]
-    full = {**header, **({"regions": regions} if "regions" in header else {}), "schema": SCHEMA_VERSION,
-            "height": int(image.shape[0]), "width": int(image.shape[1]), "encoding": "png"}
+    full = {**header, **({"regions": regions} if "regions" in header else {}),
+            "height": int(image.shape[0]), "width": int(image.shape[1])}
+    if isinstance(image, FrameCrops):
+        full.update(schema=CROPS_FRAME_SCHEMA, encoding="png-crops", crops=[b.as_list() for b, _ in image.crops])
+        pictures = [encode_png(pixels) for _, pixels in image.crops]
+    else:
+        full.update(schema=SCHEMA_VERSION, encoding="png")
+        pictures = [encode_png(image)]
     check_fields(full, FRAME_FIELDS, "frame header")
-    return [dumps(full), encode_png(image)]
+    return [dumps(full), *pictures]
 
 
 def parse_frame(parts: list[bytes], max_bytes: int, expected_size: tuple[int, int] | None = None,
-                max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[dict, np.ndarray]:
-    """Validate a frame message; returns (header, float RGB image). Sizes, regions and the PNG's
-    own header are checked before anything is decoded."""
+                max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[dict, np.ndarray | FrameCrops]:
+    """Validate a frame message; returns (header, float RGB image, or FrameCrops of float RGB
+    crops for schema 4). Sizes, regions, crops and the PNGs' own headers are checked before
+    anything is decoded."""
     total = sum(len(p) for p in parts)
     if total > max_bytes:
         raise MessageError("oversized", f"frame message of {total} bytes exceeds max_message_bytes={max_bytes}")
-    if len(parts) != 2:
-        raise MessageError("malformed", f"frame message has {len(parts)} parts, expected 2 (header, image)")
+    if len(parts) < 2:
+        raise MessageError("malformed", f"frame message has {len(parts)} parts, expected a header and the image")
     header = loads(parts[0], "frame header", MAX_HEADER_BYTES)
     check_schema(header, FRAME_SCHEMAS)
     check_fields(header, FRAME_FIELDS, "frame header")
     check_px_per_mm(header["px_per_mm"])
-    if header["encoding"] != "png":
-        raise MessageError("malformed", f"frame encoding {header['encoding']!r}, expected 'png'")
     declared = (header["height"], header["width"])
     if declared[0] * declared[1] > max_pixels:
         raise MessageError("oversized", f"frame {header['frame_id']}: {declared[1]}x{declared[0]} exceeds "
@@ -120,8 +129,37 @@ def parse_frame(parts: list[bytes], max_bytes: int, expected_size: tuple[int, in
     if expected_size is not None and declared != tuple(expected_size):
         raise MessageError("wrong_size", f"frame {header['frame_id']}: {declared[1]}x{declared[0]}, this refiner "
                                          f"expects {expected_size[1]}x{expected_size[0]}")
-    image = decode_png_part(parts[1], f"frame {header['frame_id']}", declared, max_pixels, (0, 2))
-    return header, image
+    name = f"frame {header['frame_id']}"
+    boxes = frame_crops(header, *declared)
+    if boxes is None:
+        if len(parts) != 2:
+            raise MessageError("malformed", f"frame message has {len(parts)} parts, expected 2 (header, image)")
+        return header, decode_png_part(parts[1], name, declared, max_pixels, (0, 2))
+    if len(parts) != 1 + len(boxes):
+        raise MessageError("malformed", f"frame message has {len(parts)} parts, expected {1 + len(boxes)} "
+                                        f"(header, {len(boxes)} crop(s))")
+    crops = [(box, decode_png_part(data, f"{name} crop {box.as_list()}", (box.h, box.w), max_pixels, (0, 2)))
+             for box, data in zip(boxes, parts[1:])]
+    return header, FrameCrops(*declared, crops)
+
+
+def frame_crops(header: dict, height: int, width: int) -> list[Box] | None:
+    """Schema 4's crops (None: the message carries the whole frame), checked to lie inside the
+    frame and to hold no more pixels than the frame."""
+    encoding = header["encoding"]
+    if encoding == "png":
+        return None
+    if encoding != "png-crops" or header["schema"] < CROPS_FRAME_SCHEMA:
+        raise MessageError("malformed", f"frame encoding {encoding!r}, expected 'png' (or 'png-crops' from schema "
+                                        f"{CROPS_FRAME_SCHEMA})")
+    crops = header.get("crops")
+    if not isinstance(crops, list) or not 1 <= len(crops) <= MAX_MASK_CROPS:
+        raise MessageError("malformed", f"frame crops must be a list of 1 to {MAX_MASK_CROPS} boxes")
+    boxes = [check_box(c, height, width, "frame crop") for c in crops]
+    if sum(b.area for b in boxes) > height * width:
+        raise MessageError("malformed", f"frame crops hold {sum(b.area for b in boxes)} pixels, more than the "
+                                        f"{width}x{height} frame")
+    return boxes
 
 
 def frame_regions(header: dict, height: int, width: int) -> list[Box]:

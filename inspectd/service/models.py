@@ -92,7 +92,22 @@ def load_screener(settings: Settings, bundle: Path) -> Screening:
     log.info("screening with %s on %s at %d px, threshold %.4f", bundle.name, screener.provider, screener.size,
              chain.screen_threshold)
     return Screening(screen=screen, threshold=chain.screen_threshold, model_id=screener.model_id, chain=chain,
-                     normal_scores=load_normal_scores(bundle), image_size=screener.size)
+                     normal_scores=load_normal_scores(bundle), image_size=screener.size,
+                     crop_tile=crop_tile_for(settings))
+
+
+def crop_tile_for(settings: Settings) -> int | None:
+    """transport.frame_payload "crops": the refiner bundle's tile, whose windows decide which
+    pixels a flagged frame's message carries. A whole-frame refiner reads the whole frame."""
+    if settings.transport.frame_payload != "crops":
+        return None
+    bundle = resolve_bundle(settings, settings.refiner.model, "refiner")
+    tile = (load_calibration(bundle) or {}).get("tile")
+    if not tile:
+        raise BundleError(f"transport.frame_payload is 'crops', but the refiner bundle {bundle} is a whole-frame "
+                          "bundle: it reads the whole frame (use a tile bundle, `inspectd fit --tile`, or "
+                          "transport.frame_payload: frame)")
+    return int(tile)
 
 
 def build_refiner(settings: Settings) -> Refinement:

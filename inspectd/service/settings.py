@@ -139,6 +139,10 @@ class TransportSettings(Section):
     # frames and masks declaring more pixels are refused from their header, before decoding
     # (capture and refiner): bounds memory; 25 MP covers a 20 MP camera
     max_frame_pixels: int = Field(25_000_000, ge=256)
+    # what a flagged frame's message carries: "frame", the whole frame (schema 3), or "crops", only
+    # the native pixels the tile refiner reads around the flagged regions (schema 4; needs
+    # refiner.model to be a tile bundle, `inspectd fit --tile`): at 5 MP about 20x fewer bytes
+    frame_payload: Literal["frame", "crops"] = "frame"
     # a (re)started refiner publishes nothing for this long after binding PUB, so subscribers
     # (capture's ack listener, watch, the PLC) reconnect first: PUB drops what they miss
     pub_grace_s: float = Field(1.0, ge=0)
