@@ -118,6 +118,12 @@ class Box:
         x1, y1 = max(b.x1 for b in boxes), max(b.y1 for b in boxes)
         return Box(x0, y0, x1 - x0, y1 - y0)
 
+    def intersection(self, other: "Box") -> "Box":
+        """The pixels both boxes hold (an empty box, w or h 0, when they do not overlap)."""
+        x0, y0 = max(self.x, other.x), max(self.y, other.y)
+        x1, y1 = min(self.x1, other.x1), min(self.y1, other.y1)
+        return Box(x0, y0, max(0, x1 - x0), max(0, y1 - y0))
+
     def overlaps(self, other: "Box") -> bool:
         return self.x < other.x1 and other.x < self.x1 and self.y < other.y1 and other.y < self.y1
 
@@ -230,7 +236,6 @@ class FrameCrops:
         out = np.zeros((want.h, want.w, *self.shape[2:]), self.dtype)
         for box, pixels in self.crops:
             if box.overlaps(want):
-                x0, y0 = max(box.x, want.x), max(box.y, want.y)
-                part = Box(x0, y0, min(box.x1, want.x1) - x0, min(box.y1, want.y1) - y0)
+                part = box.intersection(want)
                 out[part.relative_to(want).slices] = pixels[part.relative_to(box).slices]
         return out

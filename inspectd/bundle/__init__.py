@@ -11,9 +11,9 @@
 service/, deploy/ and eval/ load bundles through here; nothing here imports them.
 """
 
-from inspectd.bundle.assets import load_calibration, load_normal_scores, load_prior, load_references
+from inspectd.bundle.assets import load_calibration, load_normal_scores, load_prior, load_references, load_tile
 from inspectd.bundle.fit import fit_bundle
 from inspectd.methods.export import export_to_bundle
 
 __all__ = ["export_to_bundle", "fit_bundle", "load_calibration", "load_normal_scores", "load_prior",
-           "load_references"]
+           "load_references", "load_tile"]

@@ -65,6 +65,12 @@ def load_calibration(bundle_dir: str | Path) -> dict | None:
     return calibration
 
 
+def load_tile(bundle_dir: str | Path) -> int | None:
+    """The window size of a tile bundle (`inspectd fit --tile`), None for a whole-frame bundle."""
+    tile = (load_calibration(bundle_dir) or {}).get("tile")
+    return int(tile) if tile else None
+
+
 def load_normal_scores(bundle_dir: str | Path) -> np.ndarray | None:
     """The held-out normal images' screening scores saved at fit (the drift reference), or None
     for a bundle fitted before they were saved."""

@@ -164,15 +164,15 @@ class NativeChain:
     @classmethod
     def from_bundles(cls, refiner_dir: str | Path, screening_dir: str | Path | None = None,
                      device: str = "auto", whole_frame: str = "upsample") -> "NativeChain":
-        from inspectd.bundle import load_calibration
+        from inspectd.bundle import load_tile
 
         refiner = Inspector.from_bundle(refiner_dir, device=device)
-        tile = (load_calibration(refiner_dir) or {}).get("tile")
+        tile = load_tile(refiner_dir)
         if tile is not None and screening_dir is None:
             raise ValueError(f"{refiner_dir} is a tile bundle (fitted on {tile} px crops): it refines native "
                              "crops but cannot screen whole frames; give a screening bundle too")
         screener = Inspector.from_bundle(screening_dir, device=device) if screening_dir else None
-        return cls(refiner, screener, int(tile) if tile else None, whole_frame)
+        return cls(refiner, screener, tile, whole_frame)
 
     def screen(self, frame: np.ndarray) -> tuple[float, bool, list[Box], np.ndarray]:
         """(image score, flagged, native regions, screening map) of one native frame."""
@@ -266,7 +266,7 @@ class NativeChain:
                                         f"{self.tile} px tiles (were they cut for another refiner bundle?)")
                 run = self.refiner.refine(cut(frame, window, self.tile), score=score)
                 iterations += int(run.stats.get("iterations", 0))
-                inside = window_in_region(window, region)
+                inside = window.intersection(region)
                 target, source = inside.relative_to(region).slices, inside.relative_to(window).slices
                 mask[target] |= run.mask[source]
                 coarse[target] |= run.coarse_mask[source]
@@ -281,12 +281,6 @@ class NativeChain:
         return NativeInspection(h, w, score, True, DEFECT if defects else OK, windows=windows,
                                 coarse=CroppedMask(h, w, coarse_crops), mask=CroppedMask(h, w, crops),
                                 defects=defects, iterations=iterations)
-
-
-def window_in_region(window: Box, region: Box) -> Box:
-    x0, y0 = max(window.x, region.x), max(window.y, region.y)
-    x1, y1 = min(window.x1, region.x1), min(window.y1, region.y1)
-    return Box(x0, y0, max(0, x1 - x0), max(0, y1 - y0))
 
 
 def offset_defect(defect: dict, region: Box) -> dict:

@@ -100,13 +100,6 @@ def message_sizes(tile: int) -> dict:
     return out
 
 
-def tile_of(refiner: str | None) -> int | None:
-    """A tile refiner bundle's window size (None: no refiner given, or a whole-frame bundle)."""
-    from inspectd.bundle import load_calibration
-
-    return int(t) if refiner and (t := (load_calibration(refiner) or {}).get("tile")) else None
-
-
 def child_peak_memory(role: str, size: str, screening: Path, refiner: Path | None) -> dict:
     """Run one role on one frame in a fresh process; its peak RSS before and after."""
     cmd = [sys.executable, "-m", "inspectd.eval.native_bench", role, size, str(screening), str(refiner or "")]
@@ -191,7 +184,9 @@ def run_native_bench(args) -> dict:
         r["ratio_vs_256"] = round(r["fps"] / base, 3)
         print(f"screening {s:>5} ({SIZES[s][1]}x{SIZES[s][0]}): {r['fps']:6.1f} frames/s, p50 {r['p50_ms']:.1f} ms, "
               f"p99 {r['p99_ms']:.1f} ms ({r['ratio_vs_256']:.2f}x of 256x256 frames)")
-    tile = tile_of(args.refiner)
+    from inspectd.bundle import load_tile
+
+    tile = load_tile(args.refiner) if args.refiner else None
     messages = message_sizes(tile or 256)
     for name, m in messages.items():
         print(f"message {name}: {m['bytes'] / 1024:.1f} KiB" + (f", encode {m['encode_ms']} ms" if "encode_ms" in m else ""))

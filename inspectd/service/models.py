@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from inspectd.bundle import export_to_bundle, load_calibration, load_normal_scores
+from inspectd.bundle import export_to_bundle, load_calibration, load_normal_scores, load_tile
 from inspectd.bundle.demo import fit_demo_bundle
 from inspectd.deploy import ChainSettings, Inspector
 from inspectd.deploy.native import NativeChain, downscale
@@ -102,12 +102,12 @@ def crop_tile_for(settings: Settings) -> int | None:
     if settings.transport.frame_payload != "crops":
         return None
     bundle = resolve_bundle(settings, settings.refiner.model, "refiner")
-    tile = (load_calibration(bundle) or {}).get("tile")
+    tile = load_tile(bundle)
     if not tile:
         raise BundleError(f"transport.frame_payload is 'crops', but the refiner bundle {bundle} is a whole-frame "
                           "bundle: it reads the whole frame (use a tile bundle, `inspectd fit --tile`, or "
                           "transport.frame_payload: frame)")
-    return int(tile)
+    return tile
 
 
 def build_refiner(settings: Settings) -> Refinement:
@@ -122,8 +122,8 @@ def load_refiner(settings: Settings, bundle: Path) -> Refinement:
     inspector = Inspector.from_bundle(bundle, device=settings.refiner.device,
                                       screen_threshold=settings.screening.threshold,
                                       min_defect_area_px=settings.refiner.min_area_px, f2pad=settings.refiner.f2pad)
-    tile = (load_calibration(bundle) or {}).get("tile")
-    chain = NativeChain(inspector, tile=int(tile) if tile else None, whole_frame=settings.refiner.whole_frame)
+    tile = load_tile(bundle)
+    chain = NativeChain(inspector, tile=tile, whole_frame=settings.refiner.whole_frame)
 
     def refine_frame(image: np.ndarray, header: dict) -> RefinedFrame:
         regions = header.get("regions") or [Box(0, 0, image.shape[1], image.shape[0])]
