@@ -23,6 +23,7 @@ from torch import nn
 from inspectd.features.backbone import BackboneConfig
 from inspectd.methods import register_method
 from inspectd.methods.base import AnomalyMethod, MethodConfig
+from inspectd.methods.distances import cell_features, squared_distances
 from inspectd.methods.padim import concat_layers
 from inspectd.methods.patchcore import candidate_sets, chunked_nearest
 from inspectd.methods.training import cache_features, shows_progress, standardisation, step_count, training_steps
@@ -131,12 +132,12 @@ class Cfa(AnomalyMethod):
         _, c, h, w = feats0.shape
         flat_cells = cells.flatten().nonzero()[:, 0]
         coords = self.coords(offset, h, w, feats0.device)[flat_cells]
-        described0 = self.describe(feats0.flatten(2)[0][:, flat_cells].T, coords)
+        described0 = self.describe(cell_features(feats0, flat_cells), coords)
         candidates = candidate_sets(described0, self.memory_bank, self.config.score_chunk, max(k, self.config.attract))
 
         def scorer(feats: torch.Tensor) -> torch.Tensor:
-            described = self.describe(feats.flatten(2)[0][:, flat_cells].T, coords)
-            d2 = ((described[:, None, :] - candidates) ** 2).sum(-1)
+            described = self.describe(cell_features(feats, flat_cells), coords)
+            d2 = squared_distances(described, candidates)
             return softmin_score(d2.topk(self.config.attract, dim=1, largest=False).values)
 
         return scorer

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from inspectd.features.backbone import BackboneConfig
 from inspectd.methods import register_method
 from inspectd.methods.base import AnomalyMethod, MethodConfig
+from inspectd.methods.distances import cell_features, quadratic_form, symmetrised
 
 
 @dataclass
@@ -114,10 +115,10 @@ class Padim(AnomalyMethod):
         _, _, h, w = feats0.shape
         flat_cells = cells.flatten().nonzero()[:, 0]
         index = self.window_index(offset, h, w, feats0.device)[flat_cells]
-        mean, inv_cov = self.mean[index], self.inv_cov[index]
+        mean, inv_cov = self.mean[index], symmetrised(self.inv_cov[index])
 
         def scorer(feats: torch.Tensor) -> torch.Tensor:
-            delta = feats.flatten(2)[0][:, flat_cells].T - mean  # (L,d)
-            return (torch.bmm(delta[:, None], inv_cov)[:, 0] * delta).sum(-1)
+            delta = cell_features(feats, flat_cells) - mean  # (L,d)
+            return quadratic_form(delta, inv_cov)
 
         return scorer

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from inspectd.features.backbone import BackboneConfig
 from inspectd.methods import register_method
 from inspectd.methods.base import AnomalyMethod, MethodConfig
+from inspectd.methods.distances import cell_features, squared_distances
 from inspectd.methods.padim import concat_layers
 
 
@@ -127,12 +128,12 @@ class PatchCore(AnomalyMethod):
         """F2PAD eq. (5): the nearest-neighbour search runs once, on the initial estimate; the
         loss then takes the distance to the nearest of those k candidates per scored cell."""
         flat_cells = cells.flatten().nonzero()[:, 0]
-        query = feats0.flatten(2)[0][:, flat_cells].T.contiguous()  # (L,C)
+        query = cell_features(feats0, flat_cells).contiguous()  # (L,C)
         candidates = candidate_sets(query, self.memory_bank, self.config.score_chunk, k)
 
         def scorer(feats: torch.Tensor) -> torch.Tensor:
-            f = feats.flatten(2)[0][:, flat_cells].T[:, None, :]
-            d2 = ((f - candidates) ** 2).sum(-1).min(-1).values
+            f = cell_features(feats, flat_cells)
+            d2 = squared_distances(f, candidates).min(-1).values
             return (d2 + 1e-12).sqrt()
 
         return scorer
