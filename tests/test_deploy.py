@@ -75,7 +75,7 @@ def test_fit_writes_the_chain_calibration(bundle):
     iters = {int(k): v for k, v in calibration["evidence"]["max_iters_mean_iou"].items()}
     uncapped, deployed = F2PADSettings().max_iters, chain["f2pad"]["max_iters"]
     assert iters[uncapped] == grid[chosen[0]]
-    assert set(iters) == {uncapped} | {cap for cap in (40, 60) if cap <= deployed}  # tried in order, up to the pick
+    assert set(iters) == {uncapped} | {cap for cap in CalibrationConfig().max_iters if cap <= deployed}  # tried in order, up to the pick
     rounding = 0.01  # the evidence keeps two decimals
     assert deployed in iters and iters[deployed] >= iters[uncapped] - 1 - rounding
     assert all(iters[cap] < iters[uncapped] - 1 + rounding for cap in iters if cap < deployed)

@@ -65,8 +65,9 @@ class CalibrationConfig:
     # None: by rule (half a feature stride; filled outlines), a tuple: tried on the synthetic set
     close_px: tuple[int, ...] | None = None
     fill_holes: tuple[bool, ...] | None = None
-    # iteration caps tried after lam and tau (choose_max_iters); () keeps the solver's own stopping rule
-    max_iters: tuple[int, ...] = (40, 60)
+    # iteration caps tried, smallest first, after lam and tau (choose_max_iters); () keeps the solver's own
+    # stopping rule. Up to 100: most solves stop by 80-110 iterations, and a cap pays where it cuts the long ones
+    max_iters: tuple[int, ...] = (40, 60, 80, 100)
     max_iters_tolerance: float = 0.01  # synthetic mean IOU (0-1) the fit may give up for a cap
     normal_probes: int = 4  # highest-scoring held-out normals refined to size min_defect_area_px
     max_min_area_share: float = 0.002  # min_defect_area_px never exceeds this share of the image
