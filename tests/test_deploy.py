@@ -70,6 +70,12 @@ def test_fit_writes_the_chain_calibration(bundle):
     # one is deployed with its own
     chosen = [k for k in grid if f"tau={chain['f2pad']['tau']} " in k]
     assert len(chosen) == 1 and grid[chosen[0]] == max(grid.values())
+    # with how far it leads the other candidate
+    pick = calibration["evidence"]["f2pad_pick"]
+    (other,) = set(grid) - {chosen[0]}
+    assert pick["chosen"] == chosen[0] and pick["runner_up"] == other
+    assert abs(pick["margin"] - (grid[chosen[0]] - grid[other])) <= 0.02 and pick["standard_error"] >= 0
+    assert pick["near_tie"] == (pick["margin"] < 2 * pick["standard_error"])
     # then the fewest iterations within a point of the uncapped solve (re-solved, so the deployed
     # minimum area is the capped solve's own); every smaller cap tried scored lower than that
     iters = {int(k): v for k, v in calibration["evidence"]["max_iters_mean_iou"].items()}

@@ -22,6 +22,9 @@ saved in the bundle (calibration.json), so `inspectd fit` alone gives a deployab
   normal images, run through the chain itself. The set is as subtle as this detector can still
   see (contrast raised only until half of it is flagged); labelled real defects, when given,
   count as much as all the synthetic ones together.
+- how sure the pick is: its lead over the runner-up, paired image by image, with a standard
+  error; a lead within two of them is a near tie, and the fit warns that a few labelled defects
+  should decide (two near-tied settings can differ by several IOU points on real defects).
 - max_iters: the fewest F2PAD iterations (of a few caps) whose synthetic mean IOU stays within a
   point of the solve run to its stopping rule. Time per refined frame is proportional to the
   iterations, and how soon a solve is good enough depends on the line, so the fit measures it.
@@ -117,7 +120,8 @@ def calibrate_chain(method, prior, fit_images: np.ndarray, holdout: np.ndarray, 
             "normal_scores": {"median": float(np.median(scores)), "max": float(scores.max())},
             "inpaint_reconstruction_error": inpaint_errors,
             "synthetic_images": int(len(synthetic[0])), "synthetic_set": synthetic_info, "real_defects": int(len(defects[0])) if defects else 0,
-            "f2pad_grid_mean_iou": tables["grid"], "max_iters_mean_iou": tables["max_iters"],
+            "f2pad_grid_mean_iou": tables["grid"], "f2pad_pick": tables["pick"],
+            "max_iters_mean_iou": tables["max_iters"],
             "normal_probe_areas_px": normal_areas,
         },
     }
@@ -208,22 +212,47 @@ def choose_f2pad(method, prior, references, chain: ChainSettings, synthetic, def
     h, w = synthetic[0].shape[1:3]
     cap = max(4, int(c.max_min_area_share * h * w))
     table: dict[str, float] = {}
+    per_image: dict[str, np.ndarray] = {}
     best, best_score, best_areas = None, -1.0, []
     for lam in c.lam:
         f2pad = chain.f2pad.replace(lam=lam)
         runs, probe_runs = solve_candidate(method, prior, references, chain, f2pad, sets, probes, progress)
         for tau, close_px, fill_holes in itertools.product(c.tau, close, fill):
-            score, min_area, areas = score_masks(runs, probe_runs, sets, (tau, close_px, fill_holes), cap)
-            table[f"lam={lam} tau={tau} close_px={close_px} fill_holes={fill_holes} min_area={min_area}"] = \
-                round(100 * score, 2)
+            score, min_area, areas, weighted = score_masks(runs, probe_runs, sets, (tau, close_px, fill_holes), cap)
+            key = f"lam={lam} tau={tau} close_px={close_px} fill_holes={fill_holes} min_area={min_area}"
+            table[key], per_image[key] = round(100 * score, 2), weighted
             if score > best_score:
-                best_score, best_areas = score, areas
+                best_score, best_areas, best_key = score, areas, key
                 best = {"lam": lam, "tau": tau, "close_px": close_px, "fill_holes": fill_holes,
                         "min_defect_area_px": min_area}
     log.info("calibration: F2PAD %s (mean IOU %.1f)", best, 100 * best_score)
+    pick = pick_margin(per_image, best_key)
     best, iters_table, capped_areas = choose_max_iters(method, prior, references, chain, sets, probes, c, best,
                                                        best_score, cap, progress)
-    return best, {"grid": table, "max_iters": iters_table}, capped_areas or best_areas
+    return best, {"grid": table, "pick": pick, "max_iters": iters_table}, capped_areas or best_areas
+
+
+def pick_margin(per_image: dict[str, np.ndarray], chosen: str) -> dict:
+    """How far the chosen F2PAD setting is ahead of the runner-up on the same calibration images:
+    the difference of their scores and its standard error, paired image by image. A lead within
+    two standard errors is a near tie: which of the two is deployed is then decided by the
+    particular synthetic defects (or float rounding in the solves), not by the line, and the two
+    can differ on real defects. The fit says so, and a few labelled defects settle it."""
+    others = {k: v for k, v in per_image.items() if k != chosen}
+    if not others:
+        return {"chosen": chosen, "runner_up": None, "margin": None, "standard_error": None, "near_tie": False}
+    runner_up = max(others, key=lambda k: others[k].sum())
+    diff = per_image[chosen] - others[runner_up]  # per-image contributions: they sum to the margin
+    n, margin = len(diff), float(diff.sum())
+    se = float(np.sqrt(n / (n - 1) * ((diff - margin / n) ** 2).sum())) if n > 1 else float("inf")
+    near_tie = bool(margin < 2 * se)
+    if near_tie:
+        log.warning("calibration: the F2PAD settings are a near tie: %s leads %s by %.1f +- %.1f mean IOU points on "
+                    "%d calibration defects; they may differ on real defects. A few labelled defects "
+                    "(inspectd fit --defects DIR --defects-n 3) decide between them.", chosen, runner_up,
+                    100 * margin, 100 * se, n)
+    return {"chosen": chosen, "runner_up": runner_up, "margin": round(100 * margin, 2),
+            "standard_error": round(100 * se, 2), "near_tie": near_tie}
 
 
 def choose_max_iters(method, prior, references, chain: ChainSettings, sets, probes, c: CalibrationConfig,
@@ -240,7 +269,7 @@ def choose_max_iters(method, prior, references, chain: ChainSettings, sets, prob
     for max_iters in sorted(i for i in c.max_iters if i < uncapped):
         f2pad = chain.f2pad.replace(lam=best["lam"], max_iters=max_iters)
         runs, probe_runs = solve_candidate(method, prior, references, chain, f2pad, sets, probes, progress)
-        score, min_area, areas = score_masks(runs, probe_runs, sets, mask, area_cap)
+        score, min_area, areas, _ = score_masks(runs, probe_runs, sets, mask, area_cap)
         table[str(max_iters)] = round(100 * score, 2)
         if score >= best_score - c.max_iters_tolerance:
             log.info("calibration: F2PAD max_iters %d (mean IOU %.1f, uncapped %.1f)", max_iters, 100 * score,
@@ -265,15 +294,17 @@ def solve_candidate(method, prior, references, chain: ChainSettings, f2pad: F2PA
 
 
 def score_masks(runs: dict, probe_runs: list, sets, mask: tuple[float, int, bool], area_cap: int
-                ) -> tuple[float, int, list[int]]:
-    """(score, min_defect_area_px, probe areas) of one mask setting (tau, close_px, fill_holes):
-    the minimum area just clears the normal probes; the score is the mean IOU per set, averaged
-    over the sets (real defects, when given, weigh as much as all synthetic ones)."""
+                ) -> tuple[float, int, list[int], np.ndarray]:
+    """(score, min_defect_area_px, probe areas, per-image contributions) of one mask setting (tau,
+    close_px, fill_holes): the minimum area just clears the normal probes; the score is the mean
+    IOU per set, averaged over the sets (real defects, when given, weigh as much as all synthetic
+    ones); each calibration image's IOU times its weight in that average sums to the score."""
     areas = [largest_region(mask_with(run, *mask, 1)) for run in probe_runs]
     min_area = int(min(area_cap, max(4, max(areas, default=0) + 1)))
-    per_set = [float(np.mean([iou(mask_with(run, *mask, min_area), t) for run, t in zip(runs[name], truths)]))
-               for name, _, truths in sets]
-    return float(np.mean(per_set)), min_area, areas
+    weighted = np.concatenate([np.array([iou(mask_with(run, *mask, min_area), t) for run, t in
+                                         zip(runs[name], truths)], float) / (len(truths) * len(sets))
+                               for name, _, truths in sets])
+    return float(weighted.sum()), min_area, areas, weighted
 
 
 def largest_region(mask: np.ndarray) -> int:
