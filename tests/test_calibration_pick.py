@@ -25,7 +25,11 @@ def test_a_lead_within_the_noise_is_a_near_tie_and_the_fit_warns(caplog):
         pick = pick_margin(per_image, "a")
     assert pick["margin"] > 0 and pick["near_tie"] is True
     assert pick["margin"] < 2 * pick["standard_error"]
-    assert "near tie" in caplog.text and "--defects" in caplog.text
+    assert "near tie" in caplog.text and "--defects DIR" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="inspectd.bundle.calibration"):
+        pick_margin(per_image, "a", labelled=True)  # labelled defects were already given: ask for more
+    assert "larger --defects-n" in caplog.text
 
 
 def test_a_single_candidate_has_no_runner_up():

@@ -76,6 +76,7 @@ def test_fit_writes_the_chain_calibration(bundle):
     assert pick["chosen"] == chosen[0] and pick["runner_up"] == other
     assert abs(pick["margin"] - (grid[chosen[0]] - grid[other])) <= 0.02 and pick["standard_error"] >= 0
     assert pick["near_tie"] == (pick["margin"] < 2 * pick["standard_error"])
+    assert json.loads((bundle / "fit.json").read_text())["f2pad_pick"] == pick  # in the fit's summary too
     # then the fewest iterations within a point of the uncapped solve (re-solved, so the deployed
     # minimum area is the capped solve's own); every smaller cap tried scored lower than that
     iters = {int(k): v for k, v in calibration["evidence"]["max_iters_mean_iou"].items()}

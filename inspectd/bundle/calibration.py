@@ -226,13 +226,13 @@ def choose_f2pad(method, prior, references, chain: ChainSettings, synthetic, def
                 best = {"lam": lam, "tau": tau, "close_px": close_px, "fill_holes": fill_holes,
                         "min_defect_area_px": min_area}
     log.info("calibration: F2PAD %s (mean IOU %.1f)", best, 100 * best_score)
-    pick = pick_margin(per_image, best_key)
+    pick = pick_margin(per_image, best_key, labelled=len(sets) > 1)
     best, iters_table, capped_areas = choose_max_iters(method, prior, references, chain, sets, probes, c, best,
                                                        best_score, cap, progress)
     return best, {"grid": table, "pick": pick, "max_iters": iters_table}, capped_areas or best_areas
 
 
-def pick_margin(per_image: dict[str, np.ndarray], chosen: str) -> dict:
+def pick_margin(per_image: dict[str, np.ndarray], chosen: str, labelled: bool = False) -> dict:
     """How far the chosen F2PAD setting is ahead of the runner-up on the same calibration images:
     the difference of their scores and its standard error, paired image by image. A lead within
     two standard errors is a near tie: which of the two is deployed is then decided by the
@@ -247,10 +247,11 @@ def pick_margin(per_image: dict[str, np.ndarray], chosen: str) -> dict:
     se = float(np.sqrt(n / (n - 1) * ((diff - margin / n) ** 2).sum())) if n > 1 else float("inf")
     near_tie = bool(margin < 2 * se)
     if near_tie:
+        advice = ("more labelled defects (a larger --defects-n) narrow it" if labelled else
+                  "a few labelled defects (inspectd fit --defects DIR --defects-n 3) decide between them")
         log.warning("calibration: the F2PAD settings are a near tie: %s leads %s by %.1f +- %.1f mean IOU points on "
-                    "%d calibration defects; they may differ on real defects. A few labelled defects "
-                    "(inspectd fit --defects DIR --defects-n 3) decide between them.", chosen, runner_up,
-                    100 * margin, 100 * se, n)
+                    "%d calibration defects; they may differ on real defects: %s.", chosen, runner_up,
+                    100 * margin, 100 * se, n, advice)
     return {"chosen": chosen, "runner_up": runner_up, "margin": round(100 * margin, 2),
             "standard_error": round(100 * se, 2), "near_tie": near_tie}
 

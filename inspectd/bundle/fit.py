@@ -87,7 +87,8 @@ def fit_bundle(method_name: str, data: str | Path, out: str | Path, settings: di
     info = {"method": method_name, "data": str(data), "n_fit": int(len(fit_idx)), "n_holdout": int(len(hold_idx)),
             "fit_seconds": round(fit_seconds, 2), "calibration_seconds": round(calibration_seconds, 2),
             "peak_memory_gb": round(peak_memory_gb(), 3), "chain": chain["chain"],
-            "defects_used": len(chain["defects_used"]), "seed": seed, "tile": chain["tile"]}
+            "defects_used": len(chain["defects_used"]), "seed": seed, "tile": chain["tile"],
+            "f2pad_pick": chain["evidence"]["f2pad_pick"]}  # a near tie is worth a few labelled defects
     method.save(out, extra={PRIOR_FILE: prior.to_bytes(), FIT_INFO_FILE: json.dumps(info, indent=2).encode(),
                             REFERENCES_FILE: references,
                             CALIBRATION_FILE: json.dumps(chain, indent=2, default=float).encode()})
