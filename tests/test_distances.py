@@ -6,33 +6,31 @@ import torch
 from inspectd.methods.distances import quadratic_form, squared_distances, symmetrised
 
 
-def test_squared_distances_match_the_plain_expression_and_its_gradient():
-    g = torch.Generator().manual_seed(0)
-    query = torch.randn(7, 5, generator=g, dtype=torch.float64, requires_grad=True)
+def nearest_neighbour_case(g):
     candidates = torch.randn(7, 3, 5, generator=g, dtype=torch.float64)
-    weights = torch.randn(7, 3, generator=g, dtype=torch.float64)
-    plain = ((query[:, None, :] - candidates) ** 2).sum(-1)
-    ours = squared_distances(query, candidates)
-    torch.testing.assert_close(ours, plain)
-    (expected,) = torch.autograd.grad((plain * weights).sum(), query)
-    (got,) = torch.autograd.grad((ours * weights).sum(), query)
-    torch.testing.assert_close(got, expected)
-    assert torch.autograd.gradcheck(lambda q: squared_distances(q, candidates), (query,))
+    plain = lambda q: ((q[:, None, :] - candidates) ** 2).sum(-1)  # noqa: E731
+    return torch.randn(7, 5, generator=g, dtype=torch.float64), lambda q: squared_distances(q, candidates), plain
 
 
-def test_quadratic_form_matches_the_plain_expression_and_its_gradient():
-    g = torch.Generator().manual_seed(1)
+def mahalanobis_case(g):
     a = torch.randn(6, 4, 4, generator=g, dtype=torch.float64)
+    # an inverse covariance, symmetric up to rounding, then symmetrised as the scorer does
     inv_cov = symmetrised(a @ a.transpose(1, 2) + 1e-9 * torch.randn(6, 4, 4, generator=g, dtype=torch.float64))
-    delta = torch.randn(6, 4, generator=g, dtype=torch.float64, requires_grad=True)
-    weights = torch.randn(6, generator=g, dtype=torch.float64)
-    plain = (torch.bmm(delta[:, None], inv_cov)[:, 0] * delta).sum(-1)
-    ours = quadratic_form(delta, inv_cov)
-    torch.testing.assert_close(ours, plain)
-    (expected,) = torch.autograd.grad((plain * weights).sum(), delta)
-    (got,) = torch.autograd.grad((ours * weights).sum(), delta)
+    plain = lambda d: (torch.bmm(d[:, None], inv_cov)[:, 0] * d).sum(-1)  # noqa: E731
+    return torch.randn(6, 4, generator=g, dtype=torch.float64), lambda d: quadratic_form(d, inv_cov), plain
+
+
+@pytest.mark.parametrize("case", [nearest_neighbour_case, mahalanobis_case])
+def test_hand_written_gradients_match_autograd_on_the_plain_expression(case):
+    g = torch.Generator().manual_seed(0)
+    x, ours, plain = case(g)
+    x.requires_grad_(True)
+    torch.testing.assert_close(ours(x), plain(x))
+    weights = torch.randn(plain(x).shape, generator=g, dtype=torch.float64)
+    (expected,) = torch.autograd.grad((plain(x) * weights).sum(), x)
+    (got,) = torch.autograd.grad((ours(x) * weights).sum(), x)
     torch.testing.assert_close(got, expected)
-    assert torch.autograd.gradcheck(lambda d: quadratic_form(d, inv_cov), (delta,))
+    assert torch.autograd.gradcheck(ours, (x,))
 
 
 def test_symmetrised_is_symmetric_and_keeps_a_symmetric_matrix():
