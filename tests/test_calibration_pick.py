@@ -35,3 +35,31 @@ def test_a_lead_within_the_noise_is_a_near_tie_and_the_fit_warns(caplog):
 def test_a_single_candidate_has_no_runner_up():
     pick = pick_margin({"a": contributions([0.5, 0.6])}, "a")
     assert pick["runner_up"] is None and pick["near_tie"] is False
+
+
+def test_an_iteration_cap_that_costs_the_large_defects_is_refused(monkeypatch):
+    """A cap within a point of the uncapped solve on average, but a point and a half short on the
+    larger half of the calibration defects, is not taken; the next cap, level on both, is."""
+    from inspectd.bundle import calibration as cal
+    from inspectd.deploy.inspector import ChainSettings
+    from inspectd.refine import F2PADSettings
+
+    areas = np.array([100, 200, 300, 400, 1000, 2000, 3000, 4000])
+    truths = np.zeros((8, 80, 80), bool)
+    for truth, area in zip(truths, areas):
+        truth.flat[:area] = True
+    sets = [("synthetic", np.zeros((8, 80, 80, 3), np.float32), truths)]
+    uncapped = np.full(8, 0.6) / 8  # weighted contributions: mean IOU 0.6
+    short_on_large = np.array([0.6] * 4 + [0.585] * 4) / 8  # 0.75 points lost overall, 1.5 on the larger half
+    level = np.array([0.6] * 4 + [0.598] * 4) / 8
+    per_cap = {40: short_on_large, 60: level}
+    monkeypatch.setattr(cal, "solve_candidate", lambda m, p, r, chain, f2pad, *a: (f2pad.max_iters, []))
+    monkeypatch.setattr(cal, "score_masks", lambda runs, probe_runs, s, mask, cap: (
+        float(per_cap[runs].sum()), 50, [10], per_cap[runs]))
+    chain = ChainSettings(screen_threshold=1.0, pixel_threshold=1.0, f2pad=F2PADSettings(max_iters=150))
+    best = {"lam": 0.03, "tau": 0.05, "close_px": 4, "fill_holes": True, "min_defect_area_px": 60}
+    chosen, tables, _ = cal.choose_max_iters(None, None, None, chain, sets, [], cal.CalibrationConfig(max_iters=(40, 60)),
+                                             best, uncapped, 100, False)
+    assert chosen["max_iters"] == 60 and chosen["min_defect_area_px"] == 50
+    assert tables["max_iters"] == {"150": 60.0, "40": 59.25, "60": 59.9}
+    assert tables["max_iters_large_half_loss"] == {"40": 1.5, "60": 0.2}

@@ -77,15 +77,20 @@ def test_fit_writes_the_chain_calibration(bundle):
     assert abs(pick["margin"] - (grid[chosen[0]] - grid[other])) <= 0.02 and pick["standard_error"] >= 0
     assert pick["near_tie"] == (pick["margin"] < 2 * pick["standard_error"])
     assert json.loads((bundle / "fit.json").read_text())["f2pad_pick"] == pick  # in the fit's summary too
-    # then the fewest iterations within a point of the uncapped solve (re-solved, so the deployed
-    # minimum area is the capped solve's own); every smaller cap tried scored lower than that
+    # then the fewest iterations within a point of the uncapped solve on all calibration defects and
+    # on their larger half (re-solved, so the deployed minimum area is the capped solve's own);
+    # every smaller cap tried lost more than that on one of the two
     iters = {int(k): v for k, v in calibration["evidence"]["max_iters_mean_iou"].items()}
+    large_loss = {int(k): v for k, v in calibration["evidence"]["max_iters_large_half_loss"].items()}
     uncapped, deployed = F2PADSettings().max_iters, chain["f2pad"]["max_iters"]
     assert iters[uncapped] == grid[chosen[0]]
     assert set(iters) == {uncapped} | {cap for cap in CalibrationConfig().max_iters if cap <= deployed}  # tried in order, up to the pick
+    assert set(large_loss) == set(iters) - {uncapped}
     rounding = 0.01  # the evidence keeps two decimals
-    assert deployed in iters and iters[deployed] >= iters[uncapped] - 1 - rounding
-    assert all(iters[cap] < iters[uncapped] - 1 + rounding for cap in iters if cap < deployed)
+    if deployed != uncapped:
+        assert iters[deployed] >= iters[uncapped] - 1 - rounding and large_loss[deployed] <= 1 + rounding
+    assert all(iters[cap] < iters[uncapped] - 1 + rounding or large_loss[cap] > 1 - rounding
+               for cap in iters if cap < deployed)
     if deployed == uncapped:
         assert chosen[0].endswith(f"min_area={chain['min_defect_area_px']}")
     config = json.loads((bundle / "config.json").read_text())

@@ -149,3 +149,28 @@ def test_config_validation(kwargs, message):
 def test_config_accepts_lists():
     cfg = RealisticConfig(size=64, area_range=[0.01, 0.02], contrast_range=[0.1, 0.1], kinds=["stain"])
     assert cfg.area_range == (0.01, 0.02) and cfg.contrast_range == (0.1, 0.1) and cfg.kinds == ("stain",)
+
+
+def test_area_px_sets_the_defect_size(parts):
+    """The calibration asks for sizes across the range; a defect drawn at area_px comes out about
+    that large (its truth mask is the visibly changed part of the drawn shape)."""
+    lo, hi = (a * SIZE * SIZE for a in CONFIG.area_range)
+    normal = parts["brick"][0]
+    for kind in ("stain", "patch", "perlin"):
+        small = RealisticDefects(CONFIG, seed=3)(normal, kind=kind, area_px=lo)[1].sum()
+        large = RealisticDefects(CONFIG, seed=3)(normal, kind=kind, area_px=hi)[1].sum()
+        assert small < large and large > hi / 4, (kind, small, large)
+    with pytest.raises(ConfigError, match="area_px"):
+        RealisticDefects(CONFIG)(normal, kind="stain", area_px=2 * hi)
+
+
+def test_calibration_areas_take_one_defect_from_every_slice_of_log_area():
+    from inspectd.bundle.calibration import stratified_areas
+
+    n, size, area_range = 24, 256, (0.002, 0.1)
+    areas = stratified_areas(n, area_range, size, seed=5)
+    lo, hi = np.log(np.array(area_range) * size * size)
+    slices = np.floor((np.log(areas) - lo) / (hi - lo) * n).astype(int)
+    assert sorted(slices.tolist()) == list(range(n))  # every slice once
+    assert not np.array_equal(slices, np.arange(n))  # in a shuffled order (sizes do not follow the kinds)
+    np.testing.assert_array_equal(areas, stratified_areas(n, area_range, size, seed=5))

@@ -76,15 +76,28 @@ class RealisticDefects:
         self.config = config or RealisticConfig()
         self.rng = np.random.default_rng(seed)  # the only source of randomness: same seed, same defects
         self.last_info: dict = {}  # what the latest call made: kind, contrast, floor, attempts
+        self._area_target: float | None = None  # the current call's area_px, when given
 
     def __call__(self, normal: np.ndarray, others: list[np.ndarray] | None = None,
-                 kind: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(defective image float32 (H, W, 3) in [0, 1], truth mask (H, W) bool); kind None = random."""
+                 kind: str | None = None, area_px: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(defective image float32 (H, W, 3) in [0, 1], truth mask (H, W) bool); kind None = random;
+        area_px: the defect's drawn area in pixels (inside area_range), None = log-uniform at random."""
         normal = self._checked(normal, "normal image")
         others = [self._checked(o, f"others[{i}]") for i, o in enumerate(others or [])]
         if kind is not None and kind not in KINDS:
             raise ConfigError(f"realistic: unknown defect kind {kind!r}; available: {', '.join(KINDS)}")
+        if area_px is not None:
+            lo, hi = self._area_px()
+            if not lo <= float(area_px) <= hi:
+                raise ConfigError(f"realistic: area_px must lie in area_range ({lo:.0f}-{hi:.0f} px), got {area_px}")
         kind = kind or str(self.rng.choice(self.config.kinds))
+        self._area_target = None if area_px is None else float(area_px)
+        try:
+            return self._make(kind, normal, others)
+        finally:
+            self._area_target = None
+
+    def _make(self, kind: str, normal: np.ndarray, others: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         best = None
         for attempt in range(1, ATTEMPTS + 1):
             out, mask, contrast = self._attempt(kind, normal, others)
@@ -190,7 +203,10 @@ class RealisticDefects:
 
     # --- shapes ------------------------------------------------------------------------------
     def _draw_area(self) -> float:
-        """A defect area in pixels, log-uniform over area_range: small defects are the common ones."""
+        """A defect area in pixels: the call's area_px, else log-uniform over area_range (small
+        defects are the common ones)."""
+        if self._area_target is not None:
+            return self._area_target
         lo, hi = self._area_px()
         return float(np.exp(self.rng.uniform(np.log(lo), np.log(hi))))
 
