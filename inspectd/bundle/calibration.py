@@ -20,9 +20,9 @@ saved in the bundle (calibration.json), so `inspectd fit` alone gives a deployab
 - lam, tau: the F2PAD settings with the best mean IOU on realistic synthetic
   defects (subtle stains, scratches, blended patches, displaced texture) pasted on held-out
   normal images, run through the chain itself; every kind equally often and one defect per
-  slice of log-area, so the set spans specks to a tenth of the part whatever the draw. The set is as subtle as this detector can still
-  see (contrast raised only until half of it is flagged); labelled real defects, when given,
-  count as much as all the synthetic ones together.
+  slice of log-area, so the set spans specks to a tenth of the part whatever the draw. The set
+  is as subtle as this detector can still see (contrast raised only until half of it is
+  flagged); labelled real defects, when given, count as much as all the synthetic ones together.
 - how sure the pick is: its lead over the runner-up, paired image by image, with a standard
   error; a lead within two of them is a near tie, and the fit warns that a few labelled defects
   should decide (two near-tied settings can differ by several IOU points on real defects).
@@ -289,7 +289,8 @@ def choose_max_iters(method, prior, references, chain: ChainSettings, sets, prob
     chain deploys."""
     uncapped = chain.f2pad.max_iters
     weights = calibration_weights(sets)
-    large = truth_areas(sets) >= np.median(truth_areas(sets))
+    areas_px = truth_areas(sets)
+    large = areas_px >= np.median(areas_px)
     table = {str(uncapped): round(100 * float(uncapped_per_image.sum()), 2)}
     large_half_loss = {}
     mask = (best["tau"], best["close_px"], best["fill_holes"])
@@ -314,6 +315,7 @@ def calibration_weights(sets) -> np.ndarray:
 
 
 def truth_areas(sets) -> np.ndarray:
+    """Each calibration image's true defect area in pixels, in score_masks' order."""
     return np.concatenate([truths.reshape(len(truths), -1).sum(1) for _, _, truths in sets])
 
 
