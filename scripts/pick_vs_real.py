@@ -22,15 +22,13 @@ from inspectd.bundle import calibration as cal
 from inspectd.bundle.fit import split_holdout
 from inspectd.data.mvtec import load_test, load_train
 from inspectd.deploy.inspector import Inspector
-from inspectd.geometry import iou
 
 
-def per_image_iou(runs, probe_runs, truths, tau, close_px, fill_holes, area_cap) -> np.ndarray:
-    """IOU per image of one mask setting, with its own minimum defect area (as the fit scores it)."""
-    mask = (tau, close_px, fill_holes)
-    probe_areas = [cal.largest_region(cal.mask_with(r, *mask, 1)) for r in probe_runs]
-    min_area = int(min(area_cap, max(4, max(probe_areas, default=0) + 1)))
-    return np.array([iou(cal.mask_with(r, *mask, min_area), t) for r, t in zip(runs, truths)])
+def per_image_iou(runs, probe_runs, truths, mask, area_cap) -> np.ndarray:
+    """IOU per image of one mask setting (tau, close_px, fill_holes), scored by the fit's own
+    score_masks (its minimum defect area from the normal probes)."""
+    *_, weighted = cal.score_masks({"set": runs}, probe_runs, [("set", None, truths)], mask, area_cap)
+    return weighted * len(truths)
 
 
 def main() -> None:
@@ -64,8 +62,8 @@ def main() -> None:
                                                chain.f2pad.replace(lam=lam), sets, probes, progress=False)
         for tau in c.tau:
             cells[f"lam={lam} tau={tau}"] = {
-                name: per_image_iou(runs[name], probe_runs, truths, tau, chain.f2pad.close_px,
-                                    chain.f2pad.fill_holes, area_cap) for name, _, truths in sets}
+                name: per_image_iou(runs[name], probe_runs, truths, (tau, chain.f2pad.close_px, chain.f2pad.fill_holes),
+                                    area_cap) for name, _, truths in sets}
         print(f"lam {lam}: {time.perf_counter() - started:.0f} s", flush=True)
 
     keys = list(cells)
