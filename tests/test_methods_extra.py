@@ -117,10 +117,12 @@ def test_f2pad_refines_each_method(extra, name):
     assert out.mask[truth].mean() > 0.5 and out.mask[~truth].mean() < 0.1
 
 
-def test_cfa_refine_scorer_matches_the_full_score_at_the_start(extra, normals):
-    """CFA's F2PAD loss searches the memory once: at the initial features its candidate-set score
-    equals the full score, and it stays differentiable in the features."""
-    method = extra["cfa"]
+@pytest.mark.parametrize("name", ["cfa", "cflow"])
+def test_refine_scorer_matches_the_full_score_at_the_start(extra, normals, name):
+    """The F2PAD loss computes less than the full map (CFA searches the memory once; CFLOW runs
+    its flows on the scored cells only): at the initial features it equals the full score on
+    those cells, and it stays differentiable in the features."""
+    method = extra[name]
     image, _ = paste_square(normals[0], 30, 40, 16)
     with torch.no_grad():
         feats = method.features(to_tensor(image))

@@ -39,6 +39,7 @@ from torch import nn
 from inspectd.features.backbone import BackboneConfig
 from inspectd.methods import register_method
 from inspectd.methods.base import AnomalyMethod, MethodConfig
+from inspectd.methods.distances import cell_features
 from inspectd.methods.padim import concat_layers
 from inspectd.methods.training import cache_features, shows_progress, standardisation, step_count, training_steps
 
@@ -81,6 +82,12 @@ def positional_encoding(rows: torch.Tensor, cols: torch.Tensor, dim: int) -> tor
 
     h, w = len(rows), len(cols)
     return torch.cat([encode(rows)[:, None].expand(h, w, -1), encode(cols)[None].expand(h, w, -1)], dim=2)
+
+
+def vector_scores(ll: torch.Tensor, reference_ll: torch.Tensor) -> torch.Tensor:
+    """(..., L) log-likelihoods per dimension -> (...) scores: one minus the likelihood relative to
+    a typical normal vector's (capped at 1), averaged over the layers."""
+    return (1 - torch.exp(-(reference_ll - ll).clamp_min(0))).mean(-1)
 
 
 def log_likelihood_per_dim(flow: nn.Module, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
@@ -142,11 +149,23 @@ class Cflow(AnomalyMethod):
     def score_from_log_likelihood(self, ll: torch.Tensor) -> torch.Tensor:
         """(B,L,h,w) -> (B,h,w): one minus the likelihood per dimension relative to a typical normal
         vector (capped at 1), averaged over layers."""
-        deficit = (self.reference_ll[:, None, None] - ll).clamp_min(0)
-        return (1 - torch.exp(-deficit)).mean(1)
+        return vector_scores(ll.movedim(1, -1), self.reference_ll)
 
     def score_features_at(self, feats: torch.Tensor, offset: tuple[int, int]) -> torch.Tensor:
         return self.score_from_log_likelihood(self.log_likelihood_at(feats, offset))
+
+    def refine_scorer(self, feats0: torch.Tensor, offset: tuple[int, int], cells: torch.Tensor):
+        """The flows run on the scored cells only (those near the ROI), not on the whole crop:
+        they are most of an iteration's cost, and a cell's score depends on its own vector and
+        position alone, so the values are the same."""
+        _, _, h, w = feats0.shape
+        flat_cells = cells.flatten().nonzero()[:, 0]
+        cond = self.conditions(offset, h, w, feats0.device)[flat_cells]
+
+        def scorer(feats: torch.Tensor) -> torch.Tensor:
+            return vector_scores(self.layer_log_likelihoods(cell_features(feats, flat_cells), cond), self.reference_ll)
+
+        return scorer
 
     def score_features(self, feats: torch.Tensor) -> torch.Tensor:
         return self.score_features_at(feats, (0, 0))
