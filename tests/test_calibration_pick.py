@@ -63,3 +63,33 @@ def test_an_iteration_cap_that_costs_the_large_defects_is_refused(monkeypatch):
     assert chosen["max_iters"] == 60 and chosen["min_defect_area_px"] == 50
     assert tables["max_iters"] == {"150": 60.0, "40": 59.25, "60": 59.9}
     assert tables["max_iters_large_half_loss"] == {"40": 1.5, "60": 0.2}
+
+
+class MapsOf:
+    """A stand-in detector whose maps are given: choose_peak_ratio only reads method.predict."""
+
+    def __init__(self, maps):
+        self.maps = np.asarray(maps, np.float32)
+
+    def predict(self, images):
+        return self.maps[: len(images)], self.maps[: len(images)].reshape(len(images), -1).max(1)
+
+
+def test_the_coarse_peak_ratio_is_the_one_that_outlines_the_calibration_defects_best():
+    """Maps that spread well beyond their defects (stronger defect, wider spread) get a ratio that
+    cuts each region down; maps that match their defects keep the whole region (ratio 0, the first
+    of equal ones)."""
+    from inspectd.bundle.calibration import choose_peak_ratio
+    from inspectd.deploy.inspector import ChainSettings
+
+    yy, xx = np.mgrid[:64, :64]
+    truths = np.stack([(yy - 32) ** 2 + (xx - 32) ** 2 <= r**2 for r in (5, 8, 11)])
+    spread = np.stack([peak * np.exp(-((yy - 32) ** 2 + (xx - 32) ** 2) / (2 * r**2))
+                       for r, peak in zip((5, 8, 11), (3.0, 6.0, 9.0))])
+    chain = ChainSettings(screen_threshold=0.05, pixel_threshold=0.1)
+    images = np.zeros((3, 64, 64, 3), np.float32)
+    ratio, table = choose_peak_ratio(MapsOf(spread), chain, [("synthetic", images, truths)], (0.0, 0.3, 0.5, 0.7))
+    assert ratio > 0 and table[str(ratio)] > table["0.0"] + 20
+    sharp = truths.astype(np.float32) * 5.0
+    ratio, table = choose_peak_ratio(MapsOf(sharp), chain, [("synthetic", images, truths)], (0.0, 0.3, 0.5, 0.7))
+    assert ratio == 0.0 and table["0.0"] == 100.0

@@ -8,6 +8,7 @@ from conftest import paste_square
 from inspectd.errors import BadImageError, ConfigError, InspectdError
 from inspectd.refine import F2PADSettings, PixelPrior, refine
 from inspectd.refine import terms
+from inspectd.refine.f2pad import coarse_region
 from inspectd.refine.sharing import share, sharing_matrix, sharing_weights
 
 
@@ -376,3 +377,20 @@ def test_input_alignment_is_the_coarsest_stride_the_method_runs():
     assert create_method("patchcore", load_weights=False).input_alignment == 16  # layers 2, 3: strides 8, 16
     padim = create_method("padim", {"backbone": {"layers": [1, 2]}, "grid_stride": 32}, load_weights=False)
     assert padim.backbone.strides == [4, 8] and padim.input_alignment == 32  # whole cells of its scored grid
+
+
+def test_the_coarse_mask_cuts_each_region_at_its_own_peak():
+    """peak_ratio: a wide map around a strong and a weak defect in one frame; each region keeps the
+    pixels above its own peak's share, so the weak one is not lost to the strong one's peak."""
+    yy, xx = np.mgrid[:64, :64]
+    blob = lambda cy, cx, peak: peak * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 6.0**2))  # noqa: E731
+    score_map = blob(16, 16, 10.0) + blob(48, 48, 2.0)
+    whole = coarse_region(score_map, 0.5)
+    cut = coarse_region(score_map, 0.5, peak_ratio=0.5)
+    assert np.array_equal(whole, score_map > 0.5)  # 0: the plain threshold
+    assert cut[16, 16] and cut[48, 48] and not cut[16, 26] and whole[16, 26]
+    strong, weak = cut[:32, :32].sum(), cut[32:, 32:].sum()
+    assert strong < whole[:32, :32].sum() and weak < whole[32:, 32:].sum()
+    assert abs(strong - weak) <= 0.1 * strong  # half of each peak: the same width for both
+    with pytest.raises(ConfigError, match="peak_ratio"):
+        F2PADSettings(peak_ratio=1.0).validate()

@@ -10,6 +10,10 @@ saved in the bundle (calibration.json), so `inspectd fit` alone gives a deployab
   of normal frames through (5 % by default), never above the pixel threshold. A "2 %" budget on
   a few dozen held-out images is their single highest score, which one unusual normal part sets;
   a flagged frame whose map stays under the pixel threshold starts F2PAD from this one.
+- coarse mask peak ratio: a detector's map spreads around a defect as far as its features
+  reach, and further the stronger the defect, so the region above one absolute threshold is far
+  wider than a clear defect. Each region is cut to the pixels above a share of its own peak; the
+  share with the best coarse-mask IOU on the calibration defects (0 keeps the whole region).
 - inpaint: the initialisation that reconstructs held-out normal pixels best under random masks
   (aligned parts favour the nearest normal image, textures favour classical inpainting).
 - ROI dilation: one feature stride, the distance over which a feature cell mixes pixels.
@@ -50,11 +54,11 @@ from tqdm.auto import tqdm
 
 from inspectd.bundle.assets import CALIBRATION_VERSION
 from inspectd.data.realistic import KINDS, RealisticConfig, RealisticDefects
-from inspectd.deploy.inspector import ChainSettings, Inspector, judge
+from inspectd.deploy.inspector import ChainSettings, Inspector, coarse_threshold, judge
 from inspectd.errors import ConfigError, InspectdError
 from inspectd.geometry import iou, measure_defects
 from inspectd.refine import F2PADSettings
-from inspectd.refine.f2pad import disk, inpaint, mask_from_magnitude
+from inspectd.refine.f2pad import coarse_region, disk, inpaint, mask_from_magnitude
 
 log = logging.getLogger(__name__)
 SUBTLE_CONTRAST = (0.04, 0.2)  # mean RGB change over the defect, pixel values in [0, 1]
@@ -70,6 +74,8 @@ class CalibrationConfig:
     synthetic_images: int = 24
     lam: tuple[float, ...] = (0.01, 0.03, 0.1)
     tau: tuple[float, ...] = (0.03, 0.05, 0.08)
+    # coarse-mask peak ratios tried (F2PADSettings.peak_ratio), by the coarse mask's IOU alone
+    peak_ratio: tuple[float, ...] = (0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8)
     # None: by rule (half a feature stride; filled outlines), a tuple: tried on the synthetic set
     close_px: tuple[int, ...] | None = None
     fill_holes: tuple[bool, ...] | None = None
@@ -87,6 +93,8 @@ class CalibrationConfig:
                 raise ConfigError(f"calibration: {name} must be in (0, 1), got {getattr(self, name)}")
         if self.synthetic_images < 1 or not self.lam or not self.tau:
             raise ConfigError("calibration: need synthetic_images >= 1 and non-empty lam and tau grids")
+        if not self.peak_ratio or any(not 0 <= r < 1 for r in self.peak_ratio):
+            raise ConfigError(f"calibration: peak_ratio needs values in [0, 1), got {self.peak_ratio}")
         if any(int(i) < 1 for i in self.max_iters) or not 0 <= self.max_iters_tolerance < 1:
             raise ConfigError(f"calibration: max_iters caps must be >= 1 and max_iters_tolerance in [0, 1), got "
                               f"{self.max_iters} and {self.max_iters_tolerance}")
@@ -107,9 +115,11 @@ def calibrate_chain(method, prior, fit_images: np.ndarray, holdout: np.ndarray, 
     base = F2PADSettings(size_power=0, inpaint=chosen_inpaint, dilate_px=int(method.feature_stride))
     chain = ChainSettings(screen_threshold=screen, pixel_threshold=threshold, f2pad=base)
     *synthetic, synthetic_info = visible_synthetic_set(method, holdout, c.synthetic_images, c.seed, screen)
+    sets = calibration_sets(synthetic, defects)
+    peak_ratio, peak_ratio_table = choose_peak_ratio(method, chain, sets, c.peak_ratio)
+    chain.f2pad = base = base.replace(peak_ratio=peak_ratio)
     probes = normal_probes(holdout, maps, scores, chain, c.normal_probes)
-    best, tables, normal_areas = choose_f2pad(method, prior, references, chain, synthetic, defects, probes, c,
-                                             progress)
+    best, tables, normal_areas = choose_f2pad(method, prior, references, chain, sets, probes, c, progress)
     min_area = best.pop("min_defect_area_px")
     chain.f2pad = base.replace(**best)
     chain.min_defect_area_px = min_area
@@ -125,6 +135,7 @@ def calibrate_chain(method, prior, fit_images: np.ndarray, holdout: np.ndarray, 
             "normal_scores": {"median": float(np.median(scores)), "max": float(scores.max())},
             "inpaint_reconstruction_error": inpaint_errors,
             "synthetic_images": int(len(synthetic[0])), "synthetic_set": synthetic_info, "real_defects": int(len(defects[0])) if defects else 0,
+            "peak_ratio_coarse_mean_iou": peak_ratio_table,
             "f2pad_grid_mean_iou": tables["grid"], "f2pad_pick": tables["pick"],
             "max_iters_mean_iou": tables["max_iters"],
             "max_iters_large_half_loss": tables["max_iters_large_half_loss"],
@@ -219,16 +230,37 @@ def normal_probes(normals, maps, scores, chain: ChainSettings, n: int) -> list[t
             for i in np.argsort(scores)[::-1][:n]]
 
 
-def choose_f2pad(method, prior, references, chain: ChainSettings, synthetic, defects, probes,
+def calibration_sets(synthetic, defects) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(name, images, truth masks): the synthetic set, and the labelled real defects when given."""
+    return [("synthetic", *synthetic)] + ([("real", *defects)] if defects is not None and len(defects[0]) else [])
+
+
+def choose_peak_ratio(method, chain: ChainSettings, sets, grid: tuple[float, ...]) -> tuple[float, dict]:
+    """The coarse mask's peak ratio with the best mean IOU of the coarse mask alone (each image
+    thresholded by the chain's own rule, coarse_threshold). Chosen before F2PAD's settings, on the
+    maps alone, because it sets the region F2PAD works in: no solve is needed to compare them."""
+    maps = np.concatenate([method.predict(images)[0] for _, images, _ in sets])
+    truths = np.concatenate([t for _, _, t in sets])
+    weights = calibration_weights(sets)
+    table = {}
+    for ratio in grid:
+        ious = [iou(coarse_region(m, coarse_threshold(chain, float(m.max())), ratio), t) for m, t in zip(maps, truths)]
+        table[str(ratio)] = float(np.dot(ious, weights))
+    best = max(grid, key=lambda r: table[str(r)])  # the first (smallest) ratio of equal ones
+    log.info("calibration: coarse mask peak ratio %s (coarse mean IOU %.1f; without it %.1f)", best,
+             100 * table[str(best)], 100 * table[str(grid[0])])
+    return float(best), {k: round(100 * v, 2) for k, v in table.items()}
+
+
+def choose_f2pad(method, prior, references, chain: ChainSettings, sets, probes,
                  c: CalibrationConfig, progress: bool) -> tuple[dict, dict, list[int]]:
     """lam by re-solving; tau, close_px and fill_holes by post-processing the same solutions;
     then the iteration cap (choose_max_iters). Each candidate's minimum defect area comes from the
     normal probes solved with it, and the candidate is scored with that area (see the module's
     docstring)."""
-    sets = [("synthetic", *synthetic)] + ([("real", *defects)] if defects is not None and len(defects[0]) else [])
     close = c.close_px if c.close_px is not None else (closing_radius(method),)
     fill = c.fill_holes if c.fill_holes is not None else (True,)
-    h, w = synthetic[0].shape[1:3]
+    h, w = sets[0][1].shape[1:3]
     cap = max(4, int(c.max_min_area_share * h * w))
     table: dict[str, float] = {}
     per_image: dict[str, np.ndarray] = {}

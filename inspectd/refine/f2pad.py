@@ -128,6 +128,19 @@ def inpaint(image: np.ndarray, mask: np.ndarray, how: str, references: np.ndarra
     return out
 
 
+def coarse_region(score_map: np.ndarray, threshold: float, peak_ratio: float = 0.0) -> np.ndarray:
+    """The coarse mask: the map above `threshold`, each connected region of it cut down to the
+    pixels above `peak_ratio` times that region's own peak. Per region, so a weak defect beside a
+    strong one in the same frame keeps its own outline."""
+    above = score_map > threshold
+    if peak_ratio <= 0 or not above.any():
+        return above
+    n, labels = cv2.connectedComponents(above.astype(np.uint8), connectivity=8)
+    peaks = np.zeros(n, dtype=np.float64)
+    peaks[1:] = ndimage.maximum(score_map, labels, np.arange(1, n))
+    return above & (score_map >= peak_ratio * peaks[labels])
+
+
 def crop_box(roi: np.ndarray, margin: int, shape: tuple[int, int],
              align: int = CROP_ALIGN) -> tuple[int, int, int, int]:
     """(y0, y1, x0, x1) around the ROI plus margin, corners on multiples of `align`."""
@@ -312,7 +325,7 @@ def solve_image(image: np.ndarray, method, coarse_map: np.ndarray, prior: PixelP
     s = native_settings(bundle, H / h, W / w)  # the same settings when the scales agree
     # the map upsampled (bilinear) before thresholding: the coarse outline is not blocky
     native_map = cv2.resize(coarse_map, (W, H), interpolation=cv2.INTER_LINEAR) if scaled else coarse_map
-    coarse = native_map > threshold
+    coarse = coarse_region(native_map, threshold, s.peak_ratio)
     stats = {"threshold": float(threshold), "settings": s.to_dict(), "coarse_area": int(coarse.sum())}
     if scaled:
         stats["scale"] = [H / h, W / w]

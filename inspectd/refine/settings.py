@@ -33,6 +33,11 @@ class F2PADSettings:
     mask_tol: float = 0.01
     # initialisation and region of interest (section III-E)
     threshold: float | None = None  # coarse-map threshold; None -> the method bundle's pixel threshold
+    # within each connected region of the map above the threshold, the coarse mask keeps the pixels
+    # above this share of the region's own peak (0 = the whole region): a detector's map spreads
+    # around a defect by its features' reach, further the stronger the defect, so one absolute
+    # threshold outlines strong defects far too wide
+    peak_ratio: float = 0.0
     dilate_px: int = 6  # dilation of the coarse mask: the region that is inpainted and optimised
     inpaint: str = "telea"  # telea | ns | nearest (pixels of the nearest normal training image)
     context_px: int = 32  # image margin around the ROI given to the backbone (receptive field)
@@ -75,6 +80,8 @@ class F2PADSettings:
             raise ConfigError(f"F2PAD: device must be auto, cpu or cuda, got {self.device!r}")
         if not 0 <= self.mask_tol < 1:
             raise ConfigError(f"F2PAD: mask_tol must be in [0, 1) (a share of the ROI's pixels), got {self.mask_tol}")
+        if not 0 <= self.peak_ratio < 1:
+            raise ConfigError(f"F2PAD: peak_ratio must be in [0, 1) (a share of a region's peak), got {self.peak_ratio}")
         if self.close_px < 0:
             raise ConfigError(f"F2PAD: close_px must be >= 0, got {self.close_px}")
         for name in ("eps", "lr", "clip", "tau"):
