@@ -90,6 +90,12 @@ def test_the_coarse_peak_ratio_is_the_one_that_outlines_the_calibration_defects_
     images = np.zeros((3, 64, 64, 3), np.float32)
     ratio, table = choose_peak_ratio(MapsOf(spread), chain, [("synthetic", images, truths)], (0.0, 0.3, 0.5, 0.7))
     assert ratio > 0 and table[str(ratio)] > table["0.0"] + 20
+    # a lead within the tolerance does not count: the smaller ratio (the wider region) is kept
+    runner_up = max((r for r in (0.3, 0.5, 0.7) if r != ratio), key=lambda r: table[str(r)])
+    lead = (table[str(ratio)] - table[str(runner_up)]) / 100
+    kept, _ = choose_peak_ratio(MapsOf(spread), chain, [("synthetic", images, truths)], (0.0, 0.3, 0.5, 0.7),
+                                tolerance=lead + 1e-3)
+    assert lead > 0 and kept == min(ratio, runner_up)
     sharp = truths.astype(np.float32) * 5.0
     ratio, table = choose_peak_ratio(MapsOf(sharp), chain, [("synthetic", images, truths)], (0.0, 0.3, 0.5, 0.7))
     assert ratio == 0.0 and table["0.0"] == 100.0
