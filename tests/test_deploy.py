@@ -63,6 +63,13 @@ def test_fit_writes_the_chain_calibration(bundle):
     # the synthetic set is made visible to this detector: at least half flagged, or the most contrast
     synthetic = calibration["evidence"]["synthetic_set"]
     assert synthetic["flagged_share"] >= 0.5 or synthetic["contrast_range"][1] >= 0.8
+    # the coarse mask's peak ratio: every ratio of the grid scored; the deployed one is the smallest
+    # within the tolerance of the best
+    ratios = {float(k): v for k, v in calibration["evidence"]["peak_ratio_coarse_mean_iou"].items()}
+    c = CalibrationConfig()
+    assert set(ratios) == set(c.peak_ratio) and chain["f2pad"]["peak_ratio"] in ratios
+    within = [r for r, v in ratios.items() if v >= max(ratios.values()) - 100 * c.peak_ratio_tolerance - 0.01]
+    assert chain["f2pad"]["peak_ratio"] == min(within)
     # the grid that chose the settings is kept as evidence, one entry per combination tried
     grid = calibration["evidence"]["f2pad_grid_mean_iou"]
     assert len(grid) == 2
