@@ -136,9 +136,9 @@ def coarse_region(score_map: np.ndarray, threshold: float, peak_ratio: float = 0
     if peak_ratio <= 0 or not above.any():
         return above
     n, labels = cv2.connectedComponents(above.astype(np.uint8), connectivity=8)
-    peaks = np.zeros(n, dtype=np.float64)
-    peaks[1:] = ndimage.maximum(score_map, labels, np.arange(1, n))
-    return above & (score_map >= peak_ratio * peaks[labels])
+    floors = np.zeros(n, dtype=np.float32)  # float32: a native frame's map must not get a float64 copy
+    floors[1:] = peak_ratio * np.asarray(ndimage.maximum(score_map, labels, np.arange(1, n)))
+    return above & (score_map >= floors[labels])
 
 
 def crop_box(roi: np.ndarray, margin: int, shape: tuple[int, int],
