@@ -9,38 +9,18 @@ the ratio the fit's own rule (choose_peak_ratio) picks on each.
 
 Usage: python scripts/peak_ratio_vs_real.py BUNDLE DATA [--out FILE.json]
 """
-import argparse
 import json
 
-import numpy as np
-
 from inspectd.bundle import calibration as cal
-from inspectd.bundle.fit import split_holdout
-from inspectd.data.mvtec import load_test, load_train
-from inspectd.deploy.inspector import Inspector
+from oracle_inputs import oracle_inputs, parse_args
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("bundle")
-    parser.add_argument("data")
-    parser.add_argument("--out")
-    parser.add_argument("--holdout", type=float, default=0.2, help="the fit's --holdout")
-    parser.add_argument("--seed", type=int, default=0, help="the fit's --seed")
-    args = parser.parse_args()
-
-    inspector = Inspector.from_bundle(args.bundle, device="cpu")
-    method, chain = inspector.method, inspector.settings
-    c = cal.CalibrationConfig(seed=args.seed)
-    train = load_train(args.data, method.config.image_size, progress=False)
-    holdout = train[split_holdout(len(train), args.holdout, args.seed)[1]]
-    syn_images, syn_truths, _ = cal.visible_synthetic_set(method, holdout, c.synthetic_images, c.seed,
-                                                          chain.screen_threshold)
-    test = load_test(args.data, method.config.image_size, progress=False)
-    defective = np.nonzero(test.labels)[0]
+    args = parse_args(__doc__)
+    inputs = oracle_inputs(args)
+    c, method, chain = inputs.config, inputs.inspector.method, inputs.inspector.settings
     report = {"bundle": args.bundle, "deployed_ratio": chain.f2pad.peak_ratio, "grid": list(c.peak_ratio)}
-    for name, images, truths in [("synthetic", syn_images, syn_truths),
-                                 ("real", test.images[defective], test.masks[defective])]:
+    for name, (images, truths) in [("synthetic", inputs.synthetic), ("real", inputs.real)]:
         picked, table = cal.choose_peak_ratio(method, chain, [(name, images, truths)], c.peak_ratio,
                                               c.peak_ratio_tolerance)
         report[name] = {"coarse_mean_iou": table, "rule_picks": picked}

@@ -11,7 +11,6 @@ averaged).
 
 Usage: python scripts/pick_vs_real.py BUNDLE DATA [--out FILE.json]
 """
-import argparse
 import json
 import time
 
@@ -19,9 +18,7 @@ import numpy as np
 import torch
 
 from inspectd.bundle import calibration as cal
-from inspectd.bundle.fit import split_holdout
-from inspectd.data.mvtec import load_test, load_train
-from inspectd.deploy.inspector import Inspector
+from oracle_inputs import oracle_inputs, parse_args
 
 
 def per_image_iou(runs, probe_runs, truths, mask, area_cap) -> np.ndarray:
@@ -32,27 +29,16 @@ def per_image_iou(runs, probe_runs, truths, mask, area_cap) -> np.ndarray:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("bundle")
-    parser.add_argument("data")
-    parser.add_argument("--out")
-    parser.add_argument("--holdout", type=float, default=0.2, help="the fit's --holdout")
-    parser.add_argument("--seed", type=int, default=0, help="the fit's --seed")
-    args = parser.parse_args()
+    args = parse_args(__doc__)
     torch.set_num_threads(1)  # F2PAD's solves run on one thread in the chain too
 
-    inspector = Inspector.from_bundle(args.bundle, device="cpu")
+    inputs = oracle_inputs(args)
+    inspector, c = inputs.inspector, inputs.config
     method, chain = inspector.method, inspector.settings
-    c = cal.CalibrationConfig(seed=args.seed)
-    train = load_train(args.data, method.config.image_size, progress=False)
-    holdout = train[split_holdout(len(train), args.holdout, args.seed)[1]]
-    maps, scores = method.predict(holdout)
-    syn_images, syn_truths, _ = cal.visible_synthetic_set(method, holdout, c.synthetic_images, c.seed,
-                                                          chain.screen_threshold)
-    probes = cal.normal_probes(holdout, maps, scores, chain, c.normal_probes)
-    test = load_test(args.data, method.config.image_size, progress=False)
-    defective = np.nonzero(test.labels)[0]
-    sets = [("synthetic", syn_images, syn_truths), ("real", test.images[defective], test.masks[defective])]
+    maps, scores = method.predict(inputs.holdout)
+    syn_images, syn_truths = inputs.synthetic
+    probes = cal.normal_probes(inputs.holdout, maps, scores, chain, c.normal_probes)
+    sets = [("synthetic", syn_images, syn_truths), ("real", *inputs.real)]
     area_cap = max(4, int(c.max_min_area_share * syn_images.shape[1] * syn_images.shape[2]))
 
     cells = {}
@@ -73,7 +59,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     n = syn.shape[1]
     picks = [int(np.argmax(syn[:, rng.integers(0, n, n)].mean(1))) for _ in range(2000)]
-    print(f"{args.bundle} (iteration cap {chain.f2pad.max_iters}; {n} synthetic, {len(defective)} real defects)")
+    print(f"{args.bundle} (iteration cap {chain.f2pad.max_iters}; {n} synthetic, {len(inputs.real[0])} real defects)")
     print("cell                   synthetic  real   (mean IOU)")
     for i, k in enumerate(keys):
         print(f"{k:22s} {100 * syn[i].mean():8.1f} {100 * real[i]:6.1f}{'   <- pick' if i == pick else ''}")
