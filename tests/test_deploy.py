@@ -242,3 +242,21 @@ def test_openmp_threads_wait_passively_unless_the_environment_says_otherwise():
                                      check=True).stdout.strip()
     assert run(env) == "PASSIVE"
     assert run({**env, "OMP_WAIT_POLICY": "ACTIVE"}) == "ACTIVE"
+
+
+def test_the_resolution_ceiling_is_what_a_perfect_low_resolution_mask_scores():
+    """eval --deployed reports how much resolution alone can cost an upsampled mask: a blob large
+    next to the bundle's pixel loses little, a 3-pixel line drawn at 1/8 of the size most of it."""
+    import cv2
+
+    from inspectd.eval.deployed import resolution_ceiling
+
+    blob, line = np.zeros((512, 512), np.uint8), np.zeros((512, 512), np.uint8)
+    cv2.circle(blob, (200, 260), 120, 1, -1)
+    cv2.line(line, (40, 60), (470, 300), 1, 3)
+    large = resolution_ceiling(np.stack([blob, np.zeros_like(blob)]), 64)  # a good image does not count
+    thin = resolution_ceiling(line[None], 64)
+    assert 95 < large["mean_iou"] < 100 and large["area_within_10pct"] == 1.0
+    assert thin["mean_iou"] < 50
+    assert resolution_ceiling(blob[None], 512)["mean_iou"] == 100.0  # at its own size nothing is lost
+    assert resolution_ceiling(np.zeros((1, 64, 64), bool), 32) == {}  # no defect: nothing to bound

@@ -25,7 +25,7 @@ from inspectd.bundle import load_calibration
 from inspectd.data.images import write_image
 from inspectd.data.mvtec import GOOD, load_test
 from inspectd.deploy import DEFECT
-from inspectd.deploy.native import NativeChain, NativeInspection
+from inspectd.deploy.native import NativeChain, NativeInspection, upsample
 from inspectd.eval import metrics
 from inspectd.eval.bench import machine, speed_probe
 from inspectd.geometry import iou
@@ -47,6 +47,27 @@ def area_errors(truths: np.ndarray, reported: list[int], defective) -> list[floa
     true defect area, per defective image, in the images' own pixels."""
     return [abs(a - int(np.count_nonzero(t))) / max(1, int(np.count_nonzero(t)))
             for t, a, d in zip(truths, reported, defective) if d]
+
+
+def resolution_ceiling(truths: np.ndarray, size: int) -> dict:
+    """What a mask drawn at `size` px can score at the images' own resolution at best: each true
+    mask shrunk to size x size the way the chain shrinks a frame (area averaging), cut at one half,
+    and upsampled back the way the chain upsamples a mask. It bounds what resolution alone costs
+    pipeline (a) (refine at the bundle's scale, upsample the mask), so what native refinement can
+    gain over it by resolution is at most 100 minus this IOU: the rest of any gap is the mask
+    against the human outline, at any resolution."""
+    defective = [t for t in np.asarray(truths, bool) if t.any()]
+    if not defective:
+        return {}
+    ious, errors = [], []
+    for truth in defective:
+        small = cv2.resize(truth.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA) >= 0.5
+        back = upsample(small, truth.shape)
+        ious.append(100 * iou(back, truth))
+        errors.append(abs(int(back.sum()) - int(truth.sum())) / int(truth.sum()))
+    return {"size": int(size), "mean_iou": float(np.mean(ious)), "min_iou": float(np.min(ious)),
+            "area_within_10pct": rate([e <= 0.10 for e in errors]),
+            "note": f"the true masks drawn at {size} px and upsampled: the best a {size}-px mask scores here"}
 
 
 def score_group(truths, coarse, final, flagged, decisions, seconds, labels, areas) -> dict:
@@ -104,6 +125,8 @@ def evaluate_deployed(model: str | Path, data: str | Path, out: str | Path | Non
         "screening": str(screening) if screening else str(model), "tile": chain.tile,
         "whole_frame": None if chain.tile else chain.whole_frame,
         "resolution": [int(height), int(width)],
+        "resolution_ceiling": resolution_ceiling(test.masks, chain.screener.image_size)
+        if (height, width) != (chain.screener.image_size,) * 2 else {},
         "defects_left_out": len(used), "stride": stride, "command": command_line(), "machine": machine(),
         "date": time.strftime("%Y-%m-%d %H:%M"),
     })
@@ -212,6 +235,10 @@ def format_table(r: dict) -> str:
     if p:
         lines.append(f"machine speed probe (one F2PAD backbone pass, 160 px, 1 thread): {p['before']:.1f} ms "
                      f"before, {p['after']:.1f} ms after")
+    c = r.get("resolution_ceiling")
+    if c:
+        lines.append(f"resolution ceiling (true masks drawn at {c['size']} px, upsampled): mean IOU {c['mean_iou']:.1f}, "
+                     f"areas within 10 % {100 * c['area_within_10pct']:.0f} %")
     o = r.get("oracle_coarse")
     if o:
         lines.append(f"oracle (threshold picked on this test set, not deployable): coarse pixel F1 {o['pixel_f1']:.3f}")
