@@ -260,3 +260,14 @@ def test_the_resolution_ceiling_is_what_a_perfect_low_resolution_mask_scores():
     assert thin["mean_iou"] < 50
     assert resolution_ceiling(blob[None], 512)["mean_iou"] == 100.0  # at its own size nothing is lost
     assert resolution_ceiling(np.zeros((1, 64, 64), bool), 32) == {}  # no defect: nothing to bound
+
+
+def test_the_line_s_screen_threshold_also_flags_tiled_frames():
+    chain = ChainSettings(screen_threshold=1.0, pixel_threshold=2.0, tiled_screen_threshold=3.0)
+    assert chain.frame_threshold() == 1.0 and chain.frame_threshold(tiled=True) == 3.0
+    line = chain.override(screen_threshold=5.0)
+    assert line.frame_threshold() == line.frame_threshold(tiled=True) == 5.0
+    assert chain.override().frame_threshold(tiled=True) == 3.0
+    old = ChainSettings.from_calibration({"chain": {"screen_threshold": 1, "pixel_threshold": 2,
+                                                    "min_defect_area_px": 4}}, {})
+    assert old.frame_threshold(tiled=True) == 1.0  # a bundle from before tiled screening

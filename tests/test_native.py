@@ -280,3 +280,146 @@ def test_bench_measures_the_frame_message_whole_and_as_crops_at_5_mp():
     whole, crops = sizes["frame_whole"], sizes["frame_crops_tile256"]
     assert crops["pixels"] < 2048 * 2448 / 20 and crops["bytes"] < whole["bytes"] / 10
     assert sizes["result_one_defect"]["bytes"] <= 64 * 1024  # issue 12's target for a result at 5 MP
+
+
+@pytest.mark.parametrize("hw, tile, overlap", [((1500, 2000), 96, 12), ((757, 1001), 256, 32), ((80, 300), 96, 0),
+                                               ((96, 97), 96, 95)])
+def test_screening_windows_cover_the_frame_with_the_overlap_asked(hw, tile, overlap):
+    from inspectd.deploy.native import screening_windows
+
+    windows = screening_windows(hw, tile, overlap)
+    covered = np.zeros(hw, bool)
+    for w in windows:
+        assert 0 <= w.x and 0 <= w.y and w.x1 <= hw[1] and w.y1 <= hw[0] and w.w == min(tile, hw[1])
+        covered[w.slices] = True
+    assert covered.all()
+    xs = sorted({w.x for w in windows})
+    assert all(b - a <= tile - overlap for a, b in zip(xs, xs[1:]))  # neighbours share at least `overlap`
+
+
+def test_screening_windows_refuse_an_overlap_as_large_as_the_tile():
+    from inspectd.deploy.native import screening_windows
+
+    with pytest.raises(InspectdError, match="overlap"):
+        screening_windows((500, 500), 96, 96)
+
+
+def test_tiled_screening_puts_each_window_s_map_at_its_native_place():
+    """screen_in_tiles with a stand-in screen whose map is the window's own pixels: the stitched
+    map (a quarter of native resolution) holds a bright patch where it is in the frame, and
+    flagged_regions maps it back to the native pixels around it, at an odd size and a border."""
+    from inspectd.deploy.native import screen_in_tiles
+
+    hw = (757, 1001)
+    frame = np.zeros((*hw, 3), np.uint8)
+    frame[740:757, 980:1001] = 255  # the bottom-right corner, in the last window only
+    frame[300:309, 411:418] = 255
+    seen = []
+
+    def screen(window):
+        seen.append(window.shape)
+        return window[..., 0], float(window.max())
+
+    score_map, score = screen_in_tiles(screen, frame, 128, 16)
+    assert score == 1.0 and score_map.shape == (190, 251) and set(seen) == {(128, 128, 3)}
+    regions = flagged_regions(score_map, 0.1, hw)
+    assert len(regions) == 2
+    inner, corner = sorted(regions, key=lambda b: b.y)
+    assert inner.x <= 411 and inner.x1 >= 418 and inner.y <= 300 and inner.y1 >= 309
+    assert inner.w <= 7 + 8 and inner.h <= 9 + 8  # within a map pixel (4 native px) each side
+    assert corner.x1 == 1001 and corner.y1 == 757 and corner.x <= 980 and corner.y <= 740
+
+
+@pytest.fixture(scope="module")
+def tiled_screening_bundle(tmp_path_factory):
+    """A tile bundle that screens too: more windows of each normal frame than a refiner needs, so
+    the highest of a normal frame's 432 windows stays under its frame threshold."""
+    bundle = tmp_path_factory.mktemp("native-tiled") / "tile16"
+    fit_bundle("patchcore", "<brick>", bundle, None, holdout=0.25, progress=False,
+               train=[native_frame(seed) for seed in range(6)], calibration=CALIBRATION, tile=TILE,
+               tiles_per_image=16)
+    return bundle
+
+
+def test_tiled_screening_sees_a_defect_too_small_for_the_downscaled_frame(bundles, tiled_screening_bundle):
+    """A stain of 60 x 28 native px is about 4 x 2 px of the 128-px screening bundle's view of a
+    2000x1500 frame; the tile bundle screens it at its own scale in 96-px windows."""
+    import cv2
+
+    screening, _ = bundles
+    frame = native_frame(98)
+    truth = np.zeros(NATIVE_HW, np.uint8)
+    cv2.ellipse(truth, (700, 400), (30, 14), 30, 0, 360, 1, -1)
+    frame[truth > 0] = np.clip(frame[truth > 0] + 0.6, 0, 1)
+    downscaled = NativeChain.from_bundles(screening, device="cpu")
+    tiled = NativeChain.from_bundles(tiled_screening_bundle, tiled_screening_bundle, device="cpu")
+    assert tiled.screen_tile == TILE and tiled.screen_overlap == TILE // 8
+    # the frame threshold was set on held-out frames screened whole in windows, above one window's
+    chain = tiled.screener.settings
+    assert chain.frame_threshold(tiled=True) > chain.screen_threshold == chain.frame_threshold()
+    d_score, d_flagged, _, _ = downscaled.screen(frame)
+    t_score, t_flagged, regions, _ = tiled.screen(frame)
+    assert t_flagged and not d_flagged, (t_score, d_score)
+    assert any(r.x <= 700 < r.x1 and r.y <= 400 < r.y1 for r in regions)
+    assert not any(tiled.screen(native_frame(seed))[1] for seed in (96, 97))  # normal frames stay unflagged
+
+
+def test_the_daemon_screens_in_tiles_and_refines_the_crops(bundles, tiled_screening_bundle, tmp_path):
+    """screening.tiles with a tile bundle: the capture screens the native 8-bit frame window by
+    window, flags the small stain, sends the crops, and the refiner's result is the chain's."""
+    import threading
+
+    import cv2
+
+    from inspectd.errors import BundleError
+    from inspectd.service.capture import Frame
+    from inspectd.service.capture_process import run_capture
+    from inspectd.service.models import build_refiner, build_screener
+    from inspectd.service.refiner_process import run_refiner
+    from inspectd.service.watch import results
+    from test_service_doubles import service_settings, start_thread, wait_until
+
+    whole, _ = bundles
+    tile = str(tiled_screening_bundle)
+    settings = service_settings(tmp_path, transport={"frame_payload": "crops"},
+                                screening={"model": tile, "tiles": True}, refiner={"model": tile, "device": "cpu"})
+    with pytest.raises(BundleError, match="screening.tiles: true"):
+        build_screener(settings.model_copy(update={"screening": settings.screening.model_copy(
+            update={"tiles": False})}))
+    with pytest.raises(BundleError, match="needs a tile bundle"):
+        build_screener(settings.model_copy(update={"screening": settings.screening.model_copy(
+            update={"model": whole})}))
+    screener, refinement = build_screener(settings), build_refiner(settings)
+    assert screener.native and screener.image_size is None
+    assert screener.threshold == Inspector.from_bundle(tile, device="cpu").settings.frame_threshold(tiled=True)
+    frame = native_frame(98)
+    truth = np.zeros(NATIVE_HW, np.uint8)
+    cv2.ellipse(truth, (700, 400), (30, 14), 30, 0, 360, 1, -1)
+    frame[truth > 0] = np.clip(frame[truth > 0] + 0.6, 0, 1)
+    frame = np.round(frame * 255).astype(np.uint8)  # 8 bit, as a camera gives it
+    stop, got, ready = threading.Event(), [], threading.Event()
+    start_thread(run_refiner, settings, refinement.refine, stop)
+    start_thread(lambda: got.extend(results(settings, stop, camera="testcam", ready=ready)))
+    assert ready.wait(10)
+    try:
+        summary = run_capture(settings, screener.screen, stop, threshold=screener.threshold,
+                              frames=iter([Frame("testcam-tiled-0001", "testcam", 1.0, frame)]),
+                              chain=screener.chain, image_size=screener.image_size, crop_tile=screener.crop_tile,
+                              native=screener.native)
+        assert summary["spooled"] == 1 and summary["unacked"] == 0
+        assert wait_until(lambda: len(got) == 1, 60)
+        result, _ = got[0]
+        expected = NativeChain.from_bundles(tile, tile, device="cpu").inspect(frame.astype(np.float32) / 255)
+        assert result["decision"] == expected.decision == "defect" and result["defects"] == expected.defects
+        x, y, w, h = result["defects"][0]["bbox"]
+        assert x <= 700 < x + w and y <= 400 < y + h
+    finally:
+        stop.set()
+
+
+def test_bench_native_times_tiled_screening_through_the_capture_s_path(tiled_screening_bundle):
+    from inspectd.eval.native_bench import tiled_screening_fps
+
+    result = tiled_screening_fps(tiled_screening_bundle, ["900"], 30)
+    assert result["900"]["windows"] == 121  # 11 x 11 windows of 96 px, 12 px shared, over 900 px
+    assert result["900"]["frames"] == 3 and result["900"]["fps"] > 0

@@ -10,6 +10,10 @@ saved in the bundle (calibration.json), so `inspectd fit` alone gives a deployab
   of normal frames through (5 % by default), never above the pixel threshold. A "2 %" budget on
   a few dozen held-out images is their single highest score, which one unusual normal part sets;
   a flagged frame whose map stays under the pixel threshold starts F2PAD from this one.
+- tiled screen threshold: a tile bundle (`fit --tile`) screening a native frame (screening.tiles)
+  scores it as its highest window, which runs above what one window scores; its frame decision
+  uses the same budget on held-out native frames screened whole in windows (and so does its drift
+  reference). Where a coarse region starts stays a window's pixel threshold.
 - coarse mask peak ratio: a detector's map spreads around a defect as far as its features
   reach, and further the stronger the defect, so the region above one absolute threshold is far
   wider than a clear defect. Each region is cut to the pixels above a share of its own peak; the
@@ -106,8 +110,13 @@ class CalibrationConfig:
 
 def calibrate_chain(method, prior, fit_images: np.ndarray, holdout: np.ndarray, references: np.ndarray,
                     defects: tuple[np.ndarray, np.ndarray] | None = None, config: CalibrationConfig | None = None,
-                    progress: bool = True) -> dict:
-    """The chain's settings for a fitted `method`; returns calibration.json's content."""
+                    progress: bool = True, frame_scores: np.ndarray | None = None) -> dict:
+    """The chain's settings for a fitted `method`; returns calibration.json's content.
+
+    `frame_scores`: a tile bundle's held-out native frames, each scored as the highest of its
+    windows (fit.tiled_frame_scores): the screen frame budget is a share of frames, so a tiled
+    screening's threshold (and the drift reference, which compares the capture's frame scores) is
+    set on these; the pixel threshold stays a window's, where a coarse region starts."""
     c = config or CalibrationConfig()
     if len(holdout) < 2:
         raise InspectdError(f"calibration needs at least 2 held-out normal images, got {len(holdout)} "
@@ -115,6 +124,8 @@ def calibrate_chain(method, prior, fit_images: np.ndarray, holdout: np.ndarray, 
     maps, scores = method.predict(holdout)
     threshold = float(np.quantile(scores, 1 - c.normal_frame_budget))
     screen = min(threshold, float(np.quantile(scores, 1 - c.screen_frame_budget)))
+    tiled = None if frame_scores is None else {
+        "tiled_screen_threshold": float(np.quantile(frame_scores, 1 - c.screen_frame_budget))}
     chosen_inpaint, inpaint_errors = choose_inpaint(holdout, references, c.seed)
     base = F2PADSettings(size_power=0, inpaint=chosen_inpaint, dilate_px=int(method.feature_stride))
     chain = ChainSettings(screen_threshold=screen, pixel_threshold=threshold, f2pad=base)
@@ -131,12 +142,14 @@ def calibrate_chain(method, prior, fit_images: np.ndarray, holdout: np.ndarray, 
     return {
         "version": CALIBRATION_VERSION,
         "chain": {"screen_threshold": screen, "pixel_threshold": threshold, "min_defect_area_px": min_area,
-                  "f2pad": f2pad_chosen},
+                  "f2pad": f2pad_chosen, **(tiled or {})},
         # what normal frames score: the capture's drift monitor compares a line's recent scores with these
-        "drift_reference": {"normal_scores": [round(float(v), 6) for v in scores]},
+        "drift_reference": {"normal_scores": [round(float(v), 6) for v in
+                                              (scores if frame_scores is None else frame_scores)]},
         "evidence": {
             "config": asdict(c), "n_holdout": int(len(holdout)),
             "normal_scores": {"median": float(np.median(scores)), "max": float(scores.max())},
+            **({} if frame_scores is None else {"normal_frame_scores": [float(v) for v in frame_scores]}),
             "inpaint_reconstruction_error": inpaint_errors,
             "synthetic_images": int(len(synthetic[0])), "synthetic_set": synthetic_info, "real_defects": int(len(defects[0])) if defects else 0,
             "peak_ratio_coarse_mean_iou": peak_ratio_table,

@@ -18,7 +18,8 @@ import numpy as np
 from inspectd.bundle.assets import CALIBRATION_FILE, FIT_INFO_FILE, REFERENCES_FILE, load_references_bytes, \
     references_bytes
 from inspectd.bundle.calibration import CalibrationConfig, calibrate_chain
-from inspectd.data.mvtec import cut_tiles, load_defects, load_train, load_train_tiles
+from inspectd.data.images import read_image
+from inspectd.data.mvtec import cut_tiles, load_defects, load_train, load_train_tiles, train_paths
 from inspectd.errors import InspectdError
 from inspectd.methods import create_method
 from inspectd.refine.prior import PRIOR_FILE, PixelPrior
@@ -57,11 +58,15 @@ def fit_bundle(method_name: str, data: str | Path, out: str | Path, settings: di
         settings = {**(settings or {}), "image_size": int(tile)}
     method = create_method(method_name, settings)
     size = method.config.image_size
+    held_out_frames = None  # a tile bundle's held-out native images, each screened whole in windows
     if tile is not None:
-        train, owners = (cut_tiles(train, size, tiles_per_image, seed) if train is not None
+        native = train
+        train, owners = (cut_tiles(native, size, tiles_per_image, seed) if native is not None
                          else load_train_tiles(data, size, tiles_per_image, seed, progress))
         fit_images, hold_images = split_holdout(int(owners.max()) + 1, holdout, seed)
         fit_idx, hold_idx = np.nonzero(np.isin(owners, fit_images))[0], np.nonzero(np.isin(owners, hold_images))[0]
+        held_out_frames = ((native[i] for i in hold_images) if native is not None
+                           else (read_image(p) for p in np.asarray(train_paths(data))[hold_images]))
     else:
         if train is None:
             train = load_train(data, size, progress=progress)
@@ -77,8 +82,10 @@ def fit_bundle(method_name: str, data: str | Path, out: str | Path, settings: di
     labelled = load_defects(defects, size, n_defects, seed) if defects and n_defects else None
     config = calibration or CalibrationConfig(seed=seed)
     started = time.perf_counter()
+    frame_scores = tiled_frame_scores(method, held_out_frames, int(tile)) if tile is not None else None
     chain = calibrate_chain(method, prior, train[fit_idx], train[hold_idx], load_references_bytes(references),
-                            (labelled.images, labelled.masks) if labelled else None, config, progress)
+                            (labelled.images, labelled.masks) if labelled else None, config, progress,
+                            frame_scores=frame_scores)
     chain["defects_used"] = [str(Path(p).resolve()) for p in labelled.paths] if labelled else []
     chain["tile"] = int(tile) if tile is not None else None
     calibration_seconds = time.perf_counter() - started
@@ -93,3 +100,16 @@ def fit_bundle(method_name: str, data: str | Path, out: str | Path, settings: di
                             REFERENCES_FILE: references,
                             CALIBRATION_FILE: json.dumps(chain, indent=2, default=float).encode()})
     return {"bundle": str(out), **info}
+
+
+def tiled_frame_scores(method, frames, tile: int) -> np.ndarray:
+    """A tile bundle's score of each held-out native frame screened whole in its windows, as a
+    tiled screening (screening.tiles) or a tile refiner's frame sees it: the highest of a frame's
+    many windows runs above one window's score, so its thresholds are set on these."""
+    from inspectd.deploy.native import default_overlap, screen_in_tiles
+
+    def screen(window: np.ndarray) -> tuple[np.ndarray, float]:
+        maps, scores = method.predict(window[None])
+        return maps[0], float(scores[0])
+
+    return np.asarray([screen_in_tiles(screen, frame, tile, default_overlap(tile))[1] for frame in frames])

@@ -120,13 +120,19 @@ def cut_tiles(images, tile: int, per_image: int, seed: int = 0) -> tuple[np.ndar
     return np.stack(crops), np.asarray(owners)
 
 
-def load_train_tiles(root: str | Path, tile: int, per_image: int, seed: int = 0,
-                     progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Tiles of each normal training image at its own (native) resolution, cut as each image is
-    read so a folder of megapixel images never sits in memory whole."""
+def train_paths(root: str | Path) -> list[Path]:
+    """The normal training images of an MVTec-layout folder, in the order fits index them."""
     folder = _require_dir(Path(root) / "train" / GOOD, "training (train/good)")
     paths = list_images(folder)
     if not paths:
         raise InspectdError(f"{folder}: empty training set (no images with suffix {sorted(IMAGE_SUFFIXES)})")
+    return paths
+
+
+def load_train_tiles(root: str | Path, tile: int, per_image: int, seed: int = 0,
+                     progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Tiles of each normal training image at its own (native) resolution, cut as each image is
+    read so a folder of megapixel images never sits in memory whole."""
+    paths = train_paths(root)
     images = (read_image(p) for p in tqdm(paths, desc="train tiles", unit="img", disable=not progress, leave=False))
     return cut_tiles(images, tile, per_image, seed)

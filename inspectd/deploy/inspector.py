@@ -40,6 +40,9 @@ class ChainSettings:
     pixel_threshold: float  # coarse-map threshold: the region F2PAD starts from
     min_defect_area_px: int = MIN_DEFECT_AREA_PX  # smaller regions left after F2PAD are not defects
     f2pad: F2PADSettings = field(default_factory=F2PADSettings)
+    # a tile bundle's frame threshold when it screens a native frame in windows (screening.tiles):
+    # a frame's score is its highest window's; None (a whole-frame or older bundle): screen_threshold
+    tiled_screen_threshold: float | None = None
 
     def __post_init__(self):
         for name in ("screen_threshold", "pixel_threshold"):
@@ -48,6 +51,12 @@ class ChainSettings:
                 raise ConfigError(f"chain: {name} must be a finite number, got {value!r}")
         if int(self.min_defect_area_px) < 1:
             raise ConfigError(f"chain: min_defect_area_px must be >= 1, got {self.min_defect_area_px}")
+
+    def frame_threshold(self, tiled: bool = False) -> float:
+        """The score above which a frame is flagged, screened whole or in windows."""
+        if tiled and self.tiled_screen_threshold is not None:
+            return self.tiled_screen_threshold
+        return self.screen_threshold
 
     def to_dict(self) -> dict:
         return {**asdict(self), "f2pad": self.f2pad.to_dict()}
@@ -66,7 +75,8 @@ class ChainSettings:
             return cls(screen_threshold=float(chain["screen_threshold"]),
                        pixel_threshold=float(chain["pixel_threshold"]),
                        min_defect_area_px=int(chain["min_defect_area_px"]),
-                       f2pad=F2PADSettings.from_dict(chain.get("f2pad", {})))
+                       f2pad=F2PADSettings.from_dict(chain.get("f2pad", {})),
+                       tiled_screen_threshold=optional_float(chain.get("tiled_screen_threshold")))
         except (KeyError, TypeError, ValueError) as exc:
             raise BundleError(f"calibration.json: malformed chain settings ({exc!r})") from exc
 
@@ -77,7 +87,13 @@ class ChainSettings:
             screen_threshold=self.screen_threshold if screen_threshold is None else float(screen_threshold),
             pixel_threshold=self.pixel_threshold,
             min_defect_area_px=self.min_defect_area_px if min_defect_area_px is None else int(min_defect_area_px),
-            f2pad=self.f2pad.replace(**(f2pad or {})))
+            f2pad=self.f2pad.replace(**(f2pad or {})),
+            # the line's threshold is the one its frames are flagged at, however they are screened
+            tiled_screen_threshold=self.tiled_screen_threshold if screen_threshold is None else float(screen_threshold))
+
+
+def optional_float(value) -> float | None:
+    return None if value is None else float(value)
 
 
 @dataclass

@@ -34,6 +34,7 @@ from inspectd.errors import InspectdError
 from inspectd.geometry import Box, CroppedMask, FrameCrops, box_to_native, mask_box
 from inspectd.refine.f2pad import refine_native
 
+TILED_MAP_STEP = 4  # native pixels per pixel of a tiled screening's stitched map
 WINDOW_OVERLAP = 0.25  # share of a window shared with its neighbour when a region needs several
 
 
@@ -76,6 +77,53 @@ def flagged_regions(score_map: np.ndarray, threshold: float, native_hw: tuple[in
     boxes = [Box(int(x), int(y), int(w), int(h)) for x, y, w, h, _ in stats[1:n]]
     native = [box_to_native(b, native_hw, score_map.shape[:2]) for b in boxes]
     return merge_overlapping([b for b in native if b.area > 0])
+
+
+def screening_windows(frame_hw: tuple[int, int], tile: int, overlap: int) -> list[Box]:
+    """The T x T windows a tiled screening cuts (screening.tiles): they cover the frame, evenly
+    spaced, neighbours sharing at least `overlap` px, the last flush with the frame's edge (a frame
+    smaller than a tile is one window, reflected out to T x T by `cut`)."""
+    if not 0 <= overlap < tile:
+        raise InspectdError(f"screening tiles: the overlap ({overlap} px) must be at least 0 and less than the "
+                            f"tile ({tile} px)")
+    h, w = frame_hw
+    return [Box(x, y, tile, tile).clip(h, w) for y in grid_starts(h, tile, overlap)
+            for x in grid_starts(w, tile, overlap)]
+
+
+def default_overlap(tile: int | None) -> int:
+    """What neighbouring screening windows share unless the line says otherwise: the context a
+    tile refiner adds around a region (an eighth of a tile), so a defect on one window's edge is
+    well inside the next."""
+    return (tile or 0) // 8
+
+
+def grid_starts(frame: int, tile: int, overlap: int) -> list[int]:
+    if frame <= tile:
+        return [0]
+    n = 1 + math.ceil((frame - tile) / (tile - overlap))
+    return [round(k * (frame - tile) / (n - 1)) for k in range(n)]
+
+
+def screen_in_tiles(screen, frame: np.ndarray, tile: int, overlap: int,
+                    map_step: int = TILED_MAP_STEP) -> tuple[np.ndarray, float]:
+    """Screen a native frame window by window with a tile bundle (fitted on T x T native crops,
+    so each window is seen at the scale it was fitted at): (score map, frame score). The map is
+    the windows' maps stitched by maximum at 1/map_step of native resolution (a full-resolution
+    float map of a 20 MP frame would be 80 MB; flagged_regions maps its boxes back to native
+    pixels); the frame's score is its highest window's."""
+    h, w = frame.shape[:2]
+    stitched = np.full((math.ceil(h / map_step), math.ceil(w / map_step)), -np.inf, np.float32)
+    score = -math.inf
+    for box in screening_windows((h, w), tile, overlap):
+        window_map, window_score = screen(cut(frame, box, tile))
+        score = max(score, float(window_score))
+        y0, x0 = box.y // map_step, box.x // map_step
+        y1, x1 = math.ceil(box.y1 / map_step), math.ceil(box.x1 / map_step)
+        part = cv2.resize(np.asarray(window_map, np.float32)[:box.h, :box.w], (x1 - x0, y1 - y0),
+                          interpolation=cv2.INTER_AREA)
+        np.maximum(stitched[y0:y1, x0:x1], part, out=stitched[y0:y1, x0:x1])
+    return stitched, score
 
 
 def merge_overlapping(boxes: list[Box]) -> list[Box]:
@@ -154,12 +202,15 @@ class NativeChain:
     native pixels with features taken at the bundle's scale ("native")."""
 
     def __init__(self, refiner: Inspector, screener: Inspector | None = None, tile: int | None = None,
-                 whole_frame: str = "upsample"):
+                 whole_frame: str = "upsample", screen_tile: int | None = None, screen_overlap: int | None = None):
         if whole_frame not in WHOLE_FRAME_MODES:
             raise ValueError(f"whole_frame must be one of {WHOLE_FRAME_MODES}, got {whole_frame!r}")
         self.refiner, self.screener = refiner, screener or refiner
         self.tile = tile  # None: the refiner is a whole-frame bundle
         self.whole_frame = whole_frame
+        # a tile screening bundle screens the native frame in overlapping windows of its tile
+        self.screen_tile = screen_tile
+        self.screen_overlap = default_overlap(screen_tile) if screen_overlap is None else screen_overlap
 
     @classmethod
     def from_bundles(cls, refiner_dir: str | Path, screening_dir: str | Path | None = None,
@@ -171,14 +222,19 @@ class NativeChain:
         if tile is not None and screening_dir is None:
             raise ValueError(f"{refiner_dir} is a tile bundle (fitted on {tile} px crops): it refines native "
                              "crops but cannot screen whole frames; give a screening bundle too")
-        screener = Inspector.from_bundle(screening_dir, device=device) if screening_dir else None
-        return cls(refiner, screener, tile, whole_frame)
+        same = screening_dir is not None and Path(screening_dir).resolve() == Path(refiner_dir).resolve()
+        screener = Inspector.from_bundle(screening_dir, device=device) if screening_dir and not same else None
+        screen_tile = load_tile(screening_dir) if screening_dir else None
+        return cls(refiner, screener, tile, whole_frame, screen_tile)
 
     def screen(self, frame: np.ndarray) -> tuple[float, bool, list[Box], np.ndarray]:
         """(image score, flagged, native regions, screening map) of one native frame."""
-        small = downscale(frame, self.screener.image_size)
-        score_map, score = self.screener.screen(small)
-        flagged = self.screener.flagged(score)
+        if self.screen_tile:
+            score_map, score = screen_in_tiles(self.screener.screen, frame, self.screen_tile, self.screen_overlap)
+            flagged = score > self.screener.settings.frame_threshold(tiled=True)
+        else:
+            score_map, score = self.screener.screen(downscale(frame, self.screener.image_size))
+            flagged = self.screener.flagged(score)
         regions = []
         if flagged:
             threshold = coarse_threshold(self.screener.settings, float(np.max(score_map)))

@@ -68,6 +68,9 @@ class Screening:
     # the tile refiner's window size when flagged frames travel as crops (transport.frame_payload
     # "crops"): the message carries the pixels its windows read; None sends the whole frame
     crop_tile: int | None = None
+    # screen the native frame as it is (8 bit when the camera gives 8 bit): a tiled screening
+    # cuts its own windows, so the capture neither shrinks the frame nor makes it float whole
+    native: bool = False
 
 
 class FrameSender(threading.Thread):
@@ -235,7 +238,8 @@ class CaptureLoop:
             return False
         started = time.perf_counter()
         try:
-            score_map, score = self.screening.screen(frame.for_screening(self.screening.image_size))
+            image = frame.pixels() if self.screening.native else frame.for_screening(self.screening.image_size)
+            score_map, score = self.screening.screen(image)
         except Exception as exc:  # one bad frame or model hiccup must not stop the line
             log.warning("screening frame %s failed: %s", frame.id, exc)
             m.drops.labels("screening_failed").inc()
@@ -288,7 +292,7 @@ def run_capture(settings: Settings, screen: ScreenFn, stop_event: threading.Even
                 frames: Iterator[Frame | None] | None = None, metrics: ServiceMetrics | None = None,
                 notifier: Notifier | None = None, on_frame: Callable[[Frame, bool], None] | None = None,
                 chain: ChainSettings | None = None, image_size: int | None = None,
-                crop_tile: int | None = None) -> dict:
+                crop_tile: int | None = None, native: bool = False) -> dict:
     """Run until the source ends and every flagged frame is acked, or until stop_event.
 
     `threshold` is the model's image threshold; settings.screening.threshold overrides it.
@@ -299,6 +303,7 @@ def run_capture(settings: Settings, screen: ScreenFn, stop_event: threading.Even
     `image_size` (the model's square input) lets each frame be shrunk to it as cheaply as its
     form allows (Frame.for_screening) before `screen` sees it. `crop_tile` (a tile refiner's
     window size) sends flagged frames as the crops that refiner reads (Screening.crop_tile).
+    `native` hands `screen` the native frame as it is (a tiled screening, Screening.native).
     Returns counts. On return the spool keeps every unacked frame for the next start.
     """
     threshold = settings.screening.threshold if settings.screening.threshold is not None else threshold
@@ -323,7 +328,7 @@ def run_capture(settings: Settings, screen: ScreenFn, stop_event: threading.Even
         transport.close()
         raise
     loop = CaptureLoop(settings, Screening(screen, float(threshold), model_id, chain, normal_scores, image_size,
-                                           crop_tile),
+                                           crop_tile, native),
                       metrics, spool)
     source = frames if frames is not None else open_source(
         settings.capture, settings.camera_id, stop_event, lambda reason: metrics.source_errors.labels(reason).inc(),

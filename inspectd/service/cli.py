@@ -102,7 +102,8 @@ def cmd_capture(args, build_screener: BuildScreener) -> None:
     summary = run_capture(settings, screening.screen, threading.Event(), threshold=screening.threshold,
                           model_id=screening.model_id, normal_scores=screening.normal_scores,
                           reload=lambda: build_screener(settings_for(args)), chain=screening.chain,
-                          image_size=screening.image_size, crop_tile=screening.crop_tile)
+                          image_size=screening.image_size, crop_tile=screening.crop_tile,
+                          native=screening.native)
     print(f"capture: {summary}")
 
 
@@ -137,7 +138,8 @@ def cmd_run(args, build_screener: BuildScreener, build_refiner: BuildRefiner, ou
     summary = run_capture(settings, screening.screen, stop, threshold=screening.threshold,
                           model_id=screening.model_id, normal_scores=screening.normal_scores, metrics=metrics,
                           frames=frames, reload=lambda: build_screener(settings_for(args)), chain=screening.chain,
-                          image_size=screening.image_size, crop_tile=screening.crop_tile)
+                          image_size=screening.image_size, crop_tile=screening.crop_tile,
+                          native=screening.native)
     # each result is published before capture sees it as an ack; give the printer a moment for the last
     deadline = time.monotonic() + 5
     while printer.is_alive() and len(printed) < summary["spooled"] and time.monotonic() < deadline:

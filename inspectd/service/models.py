@@ -17,7 +17,7 @@ import numpy as np
 from inspectd.bundle import export_to_bundle, load_calibration, load_normal_scores, load_tile
 from inspectd.bundle.demo import fit_demo_bundle
 from inspectd.deploy import ChainSettings, Inspector
-from inspectd.deploy.native import NativeChain, downscale
+from inspectd.deploy.native import NativeChain, default_overlap, downscale, screen_in_tiles, screening_windows
 from inspectd.errors import BundleError, InspectdError
 from inspectd.methods import load_method
 from inspectd.methods.base import read_bundle_config
@@ -85,15 +85,37 @@ def load_screener(settings: Settings, bundle: Path) -> Screening:
         export_to_bundle(load_method(bundle), bundle)
     screener = OnnxScreener(bundle, device=settings.screening.device)
     chain = screening_chain(settings, bundle)
+    tile = screening_tile(settings, bundle)
+    if tile:
+        overlap = default_overlap(tile) if settings.screening.tile_overlap is None else settings.screening.tile_overlap
+        screening_windows((tile, tile), tile, overlap)  # a bad overlap stops the start, naming itself
 
-    def screen(frame: np.ndarray) -> tuple[np.ndarray, float]:
-        return screener(downscale(frame, screener.size))  # native frames are screened downscaled
+        def screen(frame: np.ndarray) -> tuple[np.ndarray, float]:
+            return screen_in_tiles(screener, frame, tile, overlap)
+    else:
+        def screen(frame: np.ndarray) -> tuple[np.ndarray, float]:
+            return screener(downscale(frame, screener.size))  # native frames are screened downscaled
 
-    log.info("screening with %s on %s at %d px, threshold %.4f", bundle.name, screener.provider, screener.size,
-             chain.screen_threshold)
-    return Screening(screen=screen, threshold=chain.screen_threshold, model_id=screener.model_id, chain=chain,
-                     normal_scores=load_normal_scores(bundle), image_size=screener.size,
-                     crop_tile=crop_tile_for(settings))
+    log.info("screening with %s on %s %s, threshold %.4f", bundle.name, screener.provider,
+             f"in native windows of {tile} px" if tile else f"at {screener.size} px", chain.frame_threshold(bool(tile)))
+    return Screening(screen=screen, threshold=chain.frame_threshold(tiled=bool(tile)), model_id=screener.model_id,
+                     chain=chain,
+                     normal_scores=load_normal_scores(bundle), image_size=None if tile else screener.size,
+                     crop_tile=crop_tile_for(settings), native=bool(tile))
+
+
+def screening_tile(settings: Settings, bundle: Path) -> int | None:
+    """The window size of a tiled screening (screening.tiles), checked against the bundle: a tile
+    bundle only sees T x T native crops, a whole-frame bundle only whole frames."""
+    tile = load_tile(bundle)
+    if settings.screening.tiles and not tile:
+        raise BundleError(f"screening.tiles is on, but the screening bundle {bundle} is a whole-frame bundle: "
+                          "tiled screening needs a tile bundle (`inspectd fit --tile SIZE`), or set "
+                          "screening.tiles: false")
+    if tile and not settings.screening.tiles:
+        raise BundleError(f"the screening bundle {bundle} is a tile bundle (fitted on {tile} px native crops): "
+                          "it cannot screen whole frames; set screening.tiles: true to screen in windows of it")
+    return tile
 
 
 def crop_tile_for(settings: Settings) -> int | None:

@@ -64,6 +64,12 @@ class ScreeningSettings(Section):
     model: Path | None = None  # bundle directory with the ONNX screening graph
     threshold: float | None = None  # overrides the bundle's image threshold
     device: Device = "auto"
+    # screen the native frame in overlapping windows instead of downscaled whole, for defects too
+    # small to see in a downscaled frame: the model must then be a tile bundle (`inspectd fit
+    # --tile T`), whose T x T windows are screened at the scale it was fitted at (README "Native
+    # resolution"); it costs one screening pass per window
+    tiles: bool = False
+    tile_overlap: int | None = Field(None, ge=0)  # px neighbouring windows share; None: an eighth of a tile
 
 
 class PreviewSettings(Section):
