@@ -6,7 +6,8 @@ import sys, time
 import cv2, numpy as np
 from inspectd.data.images import decode_image
 from inspectd.deploy.native import downscale
-from inspectd.eval.native_bench import SIZES, generated_frame, screen_encoded
+from inspectd.data.camera import camera_frame
+from inspectd.eval.native_bench import SIZES, screen_encoded
 from inspectd.methods.export import OnnxScreener
 
 onnx = OnnxScreener(sys.argv[1], device="cpu")
@@ -16,7 +17,7 @@ def before(data):
 def after(data):
     return screen_encoded(onnx, onnx.size, data)
 for size in ("256", "900", "5MP"):
-    enc = [cv2.imencode(".jpg", generated_frame(SIZES[size], s), [cv2.IMWRITE_JPEG_QUALITY, 92])[1].tobytes() for s in range(3)]
+    enc = [cv2.imencode(".jpg", camera_frame(SIZES[size], s), [cv2.IMWRITE_JPEG_QUALITY, 92])[1].tobytes() for s in range(3)]
     times = {"before": [], "after": []}
     before(enc[0]); after(enc[0])
     for r in range(n):

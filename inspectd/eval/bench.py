@@ -81,12 +81,34 @@ def add_bench_parser(sub, handler) -> None:
     nb.add_argument("--screening", required=True, help="screening bundle (whole-frame)")
     nb.add_argument("--refiner", help="tile bundle (`fit --tile`) for the refining memory (default: --screening)")
     nb.add_argument("--sizes", default="900,5MP", help="frame sizes to screen: 256, 900, 5MP, 20MP")
+    nb.add_argument("--tiled", help="a tile bundle: also frames/s of screening in its windows (screening.tiles)")
     nb.add_argument("--frames", type=int, default=60)
     nb.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory processes")
     nb.add_argument("--whole-frame-native", action="store_true",
                     help="also the peak memory of refining a whole frame at native pixels with the screening bundle")
     nb.add_argument("--out", help="JSON results file")
     nb.set_defaults(func=handler)
+
+    na = bsub.add_parser("native-accuracy", help="camera frames with small defects (generated): deployed masks "
+                                                  "upsampled vs refined at native pixels, same frames, same run")
+    na.add_argument("--out", default="runs/native-accuracy",
+                    help="folder for the generated set, the bundles and the results (a re-run reuses them)")
+    na.add_argument("--method", default="patchcore")
+    na.add_argument("--frame", default="2000x1500", help="camera frame size, WIDTHxHEIGHT")
+    na.add_argument("--size", type=int, default=256, help="the whole-frame (screening) bundle's image size")
+    na.add_argument("--tile", type=int, default=256, help="the tile refiner's crop size (native pixels)")
+    na.add_argument("--tiles-per-image", type=int, default=8)
+    na.add_argument("--train", type=int, default=16, help="normal frames to fit on")
+    na.add_argument("--holdout", type=float, default=0.25, help="share of the normal frames kept for calibration")
+    na.add_argument("--defects", type=int, default=16, help="test frames with a stain")
+    na.add_argument("--good", type=int, default=6, help="normal test frames")
+    na.add_argument("--min-length", type=float, default=40.0, help="shortest stain, native px")
+    na.add_argument("--max-length", type=float, default=240.0, help="longest stain, native px")
+    na.add_argument("--modes", default="abcd",
+                    help="which of (a) upsampled, (b) tile refiner, (c) whole-frame native, (d) tiled screening too")
+    na.add_argument("--overlays", type=int, default=4)
+    na.add_argument("--seed", type=int, default=0)
+    na.set_defaults(func=handler)
 
     sc = bsub.add_parser("screening", help="frames/s and latency of ONNX Runtime vs eager torch, same model, same run")
     sc.add_argument("--models", nargs="+", required=True, help="bundle directories (exported or not)")
@@ -122,6 +144,10 @@ def main(args) -> None:
         from inspectd.eval.native_bench import run_native_bench
 
         run_native_bench(args)
+    elif args.bench == "native-accuracy":
+        from inspectd.eval.native_accuracy import run_native_accuracy_bench
+
+        run_native_accuracy_bench(args)
     elif args.bench == "f2pad":
         run_f2pad_bench(args)
     elif args.bench == "screening":

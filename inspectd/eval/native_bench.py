@@ -25,23 +25,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from inspectd.data.camera import camera_frame
+
 SIZES = {"256": (256, 256), "900": (900, 900), "5MP": (2048, 2448), "20MP": (3648, 5472)}
 
 
-def generated_frame(hw: tuple[int, int], seed: int = 0) -> np.ndarray:
-    """uint8 RGB at the camera's scale: brick tiled with an offset, plus sensor noise."""
-    from skimage import data as skdata
-
-    brick = skdata.brick()
-    h, w = hw
-    rng = np.random.default_rng(seed)
-    big = np.tile(brick, (h // brick.shape[0] + 2, w // brick.shape[1] + 2))
-    y, x = rng.integers(0, brick.shape[0]), rng.integers(0, brick.shape[1])
-    grey = big[y:y + h, x:x + w].astype(np.int16) + rng.integers(-6, 7, (h, w), dtype=np.int16)
-    return np.repeat(np.clip(grey, 0, 255).astype(np.uint8)[..., None], 3, axis=2)
-
-
-def screen_encoded(screen, size: int, data: bytes) -> float:
+def screen_encoded(screen, size: int | None, data: bytes) -> float:
     """The capture's per-frame work on a camera frame, through the capture's own code
     (Frame.for_screening): reduced JPEG decode, 8-bit downscale, float at the screening size,
     ONNX Runtime."""
@@ -49,12 +38,12 @@ def screen_encoded(screen, size: int, data: bytes) -> float:
     from inspectd.service.capture import Frame
 
     frame = Frame("bench", "cam0", time.time(), None, encoded=EncodedImage(data, "frame"))
-    _, score = screen(frame.for_screening(size))
+    _, score = screen(frame.pixels() if size is None else frame.for_screening(size))  # None: tiled, native
     return score
 
 
-def screening_fps(screen, size: int, hw: tuple[int, int], frames: int) -> dict:
-    encoded = [cv2.imencode(".jpg", generated_frame(hw, s), [cv2.IMWRITE_JPEG_QUALITY, 92])[1].tobytes()
+def screening_fps(screen, size: int | None, hw: tuple[int, int], frames: int) -> dict:
+    encoded = [cv2.imencode(".jpg", camera_frame(hw, s), [cv2.IMWRITE_JPEG_QUALITY, 92])[1].tobytes()
                for s in range(3)]
     screen_encoded(screen, size, encoded[0])  # warm-up
     latencies = []
@@ -67,6 +56,31 @@ def screening_fps(screen, size: int, hw: tuple[int, int], frames: int) -> dict:
             "p99_ms": float(np.percentile(lat, 99) * 1000), "frames": frames}
 
 
+def tiled_screening_fps(bundle: Path, sizes: list[str], frames: int) -> dict:
+    """screening.tiles: the capture's path for a tile bundle (native 8-bit frame, one ONNX pass per
+    overlapping window, maps stitched), frames/s per frame size."""
+    from inspectd.bundle import load_tile
+    from inspectd.deploy.native import default_overlap, screen_in_tiles, screening_windows
+    from inspectd.methods import load_method
+    from inspectd.methods.export import ONNX_FILE, OnnxScreener, export_to_bundle
+
+    tile = load_tile(bundle)
+    if not tile:
+        raise SystemExit(f"--tiled {bundle}: not a tile bundle (fit it with --tile SIZE)")
+    if not (bundle / ONNX_FILE).is_file():
+        export_to_bundle(load_method(bundle), bundle)
+    onnx, overlap = OnnxScreener(bundle, device="cpu"), default_overlap(tile)
+    out = {}
+    for size in sizes:
+        r = screening_fps(lambda image: screen_in_tiles(onnx, image, tile, overlap), None, SIZES[size],
+                          max(3, frames // 10))
+        r["windows"] = len(screening_windows(SIZES[size], tile, overlap))
+        out[size] = r
+        print(f"tiled screening {size:>5} ({SIZES[size][1]}x{SIZES[size][0]}, {r['windows']} windows of {tile} px): "
+              f"{r['fps']:6.2f} frames/s, p50 {r['p50_ms']:.0f} ms")
+    return out
+
+
 def message_sizes(tile: int) -> dict:
     """5 MP, one flagged defect: the frame message with the whole frame (schema 3) and with only
     the pixels a tile refiner of `tile` px reads (schema 4, transport.frame_payload: crops),
@@ -75,7 +89,7 @@ def message_sizes(tile: int) -> dict:
     from inspectd.geometry import Box, FrameCrops
     from inspectd.service.messages import encode_frame, encode_result
 
-    frame = generated_frame(SIZES["5MP"])  # 8-bit, as a camera delivers it
+    frame = camera_frame(SIZES["5MP"])  # 8-bit, as a camera delivers it
     region = Box(1430, 960, 140, 80)  # where screening flagged the defect below
     header = {"frame_id": "cam0-1-0000001", "camera": "cam0", "captured_at": 1.0, "screened_at": 1.1, "score": 1.5,
               "threshold": 1.0, "map_summary": {}, "model_id": "m", "px_per_mm": None, "regions": [region]}
@@ -134,7 +148,7 @@ def child_main(role: str, size: str, screening: str, refiner: str) -> None:
     if role == "screen":
         screener = OnnxScreener(Path(screening), device="cpu")
         idle = rss_gb()
-        frame = generated_frame(SIZES[size])  # the capture keeps a native frame in 8 bit
+        frame = camera_frame(SIZES[size])  # the capture keeps a native frame in 8 bit
         screener(downscale(frame, screener.size))
     elif role == "refine-native":
         chain = NativeChain.from_bundles(screening, device="cpu", whole_frame="native")
@@ -148,7 +162,7 @@ def child_main(role: str, size: str, screening: str, refiner: str) -> None:
         tile_bundle = Path(refiner or screening)
         chain = NativeChain.from_bundles(tile_bundle, screening if refiner else None, device="cpu")
         idle = rss_gb()
-        frame = generated_frame(SIZES[size]).astype(np.float32) / 255
+        frame = camera_frame(SIZES[size]).astype(np.float32) / 255
         h, w = SIZES[size]
         chain.refine(frame, [Box(w // 2, h // 2, 300, 200)])
     print(json.dumps({"idle_gb": round(idle, 3), "peak_gb": round(rss_gb(), 3), **extra}))
@@ -184,6 +198,7 @@ def run_native_bench(args) -> dict:
         r["ratio_vs_256"] = round(r["fps"] / base, 3)
         print(f"screening {s:>5} ({SIZES[s][1]}x{SIZES[s][0]}): {r['fps']:6.1f} frames/s, p50 {r['p50_ms']:.1f} ms, "
               f"p99 {r['p99_ms']:.1f} ms ({r['ratio_vs_256']:.2f}x of 256x256 frames)")
+    tiled = tiled_screening_fps(Path(args.tiled), sizes, args.frames) if args.tiled else {}
     from inspectd.bundle import load_tile
 
     tile = load_tile(args.refiner) if args.refiner else None
@@ -197,7 +212,7 @@ def run_native_bench(args) -> dict:
             for role in ("screen", "refine", *(("refine-native",) if args.whole_frame_native else ())):
                 memory[f"{role}_{size}"] = child_peak_memory(role, size, screening, refiner)
                 print(f"peak memory {role} {size}: {memory[f'{role}_{size}']}")
-    result = {"screening": fps, "messages": messages, "memory": memory, "machine": machine(),
+    result = {"screening": fps, "tiled_screening": tiled, "messages": messages, "memory": memory, "machine": machine(),
               "command": "inspectd " + " ".join(sys.argv[1:]), "date": time.strftime("%Y-%m-%d %H:%M")}
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
