@@ -9,7 +9,8 @@
 - peak memory (VmHWM) of a fresh process that screens, and one that refines (a tile bundle
   when given), one frame at 5 MP and at 20 MP; with --whole-frame-native also one that refines
   a whole frame at native pixels (refiner.whole_frame: native) with the screening bundle: its
-  part enlarged to the frame's size with a stain pasted on it.
+  part enlarged to the frame's size with a stain pasted on it; with --tiled also one that
+  screens a frame in the tile bundle's windows (screening.tiles).
 Frames are generated (brick texture tiled at the camera's scale, noise on top).
 """
 
@@ -150,6 +151,16 @@ def child_main(role: str, size: str, screening: str, refiner: str) -> None:
         idle = rss_gb()
         frame = camera_frame(SIZES[size])  # the capture keeps a native frame in 8 bit
         screener(downscale(frame, screener.size))
+    elif role == "screen-tiled":  # screening.tiles: `screening` is a tile bundle
+        from inspectd.bundle import load_tile
+        from inspectd.deploy.native import default_overlap, screen_in_tiles
+
+        screener, tile = OnnxScreener(Path(screening), device="cpu"), load_tile(screening)
+        idle = rss_gb()
+        frame = camera_frame(SIZES[size])
+        started = time.perf_counter()
+        screen_in_tiles(screener, frame, tile, default_overlap(tile))
+        extra = {"seconds": round(time.perf_counter() - started, 1)}
     elif role == "refine-native":
         chain = NativeChain.from_bundles(screening, device="cpu", whole_frame="native")
         idle = rss_gb()
@@ -212,6 +223,9 @@ def run_native_bench(args) -> dict:
             for role in ("screen", "refine", *(("refine-native",) if args.whole_frame_native else ())):
                 memory[f"{role}_{size}"] = child_peak_memory(role, size, screening, refiner)
                 print(f"peak memory {role} {size}: {memory[f'{role}_{size}']}")
+            if args.tiled:
+                memory[f"screen-tiled_{size}"] = child_peak_memory("screen-tiled", size, Path(args.tiled), None)
+                print(f"peak memory screen-tiled {size}: {memory[f'screen-tiled_{size}']}")
     result = {"screening": fps, "tiled_screening": tiled, "messages": messages, "memory": memory, "machine": machine(),
               "command": "inspectd " + " ".join(sys.argv[1:]), "date": time.strftime("%Y-%m-%d %H:%M")}
     if args.out:
