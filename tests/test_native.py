@@ -423,3 +423,10 @@ def test_bench_native_times_tiled_screening_through_the_capture_s_path(tiled_scr
     result = tiled_screening_fps(tiled_screening_bundle, ["900"], 30)
     assert result["900"]["windows"] == 121  # 11 x 11 windows of 96 px, 12 px shared, over 900 px
     assert result["900"]["frames"] == 3 and result["900"]["fps"] > 0
+
+
+def test_bench_native_measures_screening_in_tiles_in_a_fresh_process(tiled_screening_bundle):
+    from inspectd.eval.native_bench import child_peak_memory
+
+    report = child_peak_memory("screen-tiled", "900", tiled_screening_bundle, None)
+    assert report["peak_gb"] >= report["idle_gb"] > 0 and report["seconds"] > 0, report
