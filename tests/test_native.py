@@ -328,6 +328,12 @@ def test_tiled_screening_puts_each_window_s_map_at_its_native_place():
     assert inner.x <= 411 and inner.x1 >= 418 and inner.y <= 300 and inner.y1 >= 309
     assert inner.w <= 7 + 8 and inner.h <= 9 + 8  # within a map pixel (4 native px) each side
     assert corner.x1 == 1001 and corner.y1 == 757 and corner.x <= 980 and corner.y <= 740
+    small = np.zeros((50, 70, 3), np.uint8)  # smaller than a window: one window, reflected out
+    small[20:30, 60:70] = 255
+    small_map, _ = screen_in_tiles(screen, small, 128, 16)
+    assert small_map.shape == (13, 18) and seen[-1] == (128, 128, 3)
+    (only,) = flagged_regions(small_map, 0.1, (50, 70))
+    assert only.x <= 60 and only.x1 == 70 and only.y <= 20 and only.y1 >= 30
 
 
 @pytest.fixture(scope="module")
