@@ -57,3 +57,9 @@ def test_bench_native_accuracy_compares_the_modes_on_the_same_frames(tmp_path, c
     assert report["resolution_ceiling"]["size"] == 96 and 0 < report["resolution_ceiling"]["mean_iou"] < 100
     assert json.loads((out / "deployed-b.json").read_text())["tile"] == 96  # (b) refined native crops
     assert report["camera_set"]["size_hw"] == [360, 480]
+
+
+def test_bench_native_accuracy_refuses_a_folder_made_with_other_options(tmp_path):
+    write_camera_set(tmp_path / "data", (300, 400), 3, 2, 1, (20, 60), seed=0)
+    assert main(["bench", "native-accuracy", "--out", str(tmp_path), "--frame", "640x480", "--train", "3",
+                 "--defects", "2", "--good", "1"]) != 0

@@ -48,6 +48,13 @@ def prepare(args, out: Path) -> tuple[Path, Path, Path]:
     if not (data / "camera_set.json").is_file():
         write_camera_set(data, parse_hw(args.frame), args.train, args.defects, args.good,
                          (args.min_length, args.max_length), args.seed)
+    made = json.loads((data / "camera_set.json").read_text())
+    asked = {"size_hw": list(parse_hw(args.frame)), "train": args.train, "defective": args.defects,
+             "good": args.good, "seed": args.seed}
+    if {k: made[k] for k in asked} != asked:  # a re-run measures what was made, not other options
+        raise InspectdError(f"{out} holds a camera set made with other options ({made['size_hw']}, "
+                            f"{made['train']} train, {made['defective']} stains, seed {made['seed']}): "
+                            "give another --out or delete it")
     if not (screening / "manifest.json").is_file():
         fit_bundle(args.method, data, screening, {"image_size": args.size}, holdout=args.holdout, seed=args.seed)
     if {"b", "d"} & set(args.modes) and not (refiner / "manifest.json").is_file():
