@@ -125,8 +125,9 @@ def evaluate_deployed(model: str | Path, data: str | Path, out: str | Path | Non
         "screening": str(screening) if screening else str(model), "tile": chain.tile,
         "whole_frame": None if chain.tile else chain.whole_frame,
         "resolution": [int(height), int(width)],
+        # (a tiled screening never shrinks the frame: no ceiling of that kind)
         "resolution_ceiling": resolution_ceiling(test.masks, chain.screener.image_size)
-        if (height, width) != (chain.screener.image_size,) * 2 else {},
+        if (height, width) != (chain.screener.image_size,) * 2 and not chain.screen_tile else {},
         "defects_left_out": len(used), "stride": stride, "command": command_line(), "machine": machine(),
         "date": time.strftime("%Y-%m-%d %H:%M"),
     })

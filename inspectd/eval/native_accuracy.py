@@ -95,7 +95,7 @@ def summary(results: dict, camera_set: dict) -> dict:
     base = rows.get("a", {}).get("mean_iou")
     for row in rows.values():
         row["iou_gain_over_a"] = None if base is None else row["mean_iou"] - base
-    ceiling = next(iter(results.values()))["resolution_ceiling"]
+    ceiling = next((r["resolution_ceiling"] for r in results.values() if r["resolution_ceiling"]), {})
     return {"modes": rows, "resolution_ceiling": ceiling, "camera_set": camera_set}
 
 
