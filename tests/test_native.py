@@ -395,6 +395,9 @@ def test_the_daemon_screens_in_tiles_and_refines_the_crops(bundles, tiled_screen
     with pytest.raises(BundleError, match="needs a tile bundle"):
         build_screener(settings.model_copy(update={"screening": settings.screening.model_copy(
             update={"model": whole})}))
+    with pytest.raises(InspectdError, match="overlap"):
+        build_screener(settings.model_copy(update={"screening": settings.screening.model_copy(
+            update={"tile_overlap": TILE})}))
     screener, refinement = build_screener(settings), build_refiner(settings)
     assert screener.native and screener.image_size is None
     assert screener.threshold == Inspector.from_bundle(tile, device="cpu").settings.frame_threshold(tiled=True)

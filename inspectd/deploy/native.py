@@ -83,12 +83,17 @@ def screening_windows(frame_hw: tuple[int, int], tile: int, overlap: int) -> lis
     """The T x T windows a tiled screening cuts (screening.tiles): they cover the frame, evenly
     spaced, neighbours sharing at least `overlap` px, the last flush with the frame's edge (a frame
     smaller than a tile is one window, reflected out to T x T by `cut`)."""
+    checked_overlap(tile, overlap)
+    h, w = frame_hw
+    return [Box(x, y, tile, tile).clip(h, w) for y in window_starts(0, h, h, tile, overlap)
+            for x in window_starts(0, w, w, tile, overlap)]
+
+
+def checked_overlap(tile: int, overlap: int) -> int:
     if not 0 <= overlap < tile:
         raise InspectdError(f"screening tiles: the overlap ({overlap} px) must be at least 0 and less than the "
                             f"tile ({tile} px)")
-    h, w = frame_hw
-    return [Box(x, y, tile, tile).clip(h, w) for y in grid_starts(h, tile, overlap)
-            for x in grid_starts(w, tile, overlap)]
+    return overlap
 
 
 def default_overlap(tile: int | None) -> int:
@@ -96,13 +101,6 @@ def default_overlap(tile: int | None) -> int:
     tile refiner adds around a region (an eighth of a tile), so a defect on one window's edge is
     well inside the next."""
     return (tile or 0) // 8
-
-
-def grid_starts(frame: int, tile: int, overlap: int) -> list[int]:
-    if frame <= tile:
-        return [0]
-    n = 1 + math.ceil((frame - tile) / (tile - overlap))
-    return [round(k * (frame - tile) / (n - 1)) for k in range(n)]
 
 
 def screen_in_tiles(screen, frame: np.ndarray, tile: int, overlap: int,
@@ -144,14 +142,15 @@ def merge_overlapping(boxes: list[Box]) -> list[Box]:
     return sorted(boxes, key=lambda b: (b.y, b.x))
 
 
-def window_starts(start: int, length: int, frame: int, tile: int) -> list[int]:
+def window_starts(start: int, length: int, frame: int, tile: int, overlap: int | None = None) -> list[int]:
     """Window origins (one axis) covering [start, start + length) with tile-sized windows inside
-    the frame; evenly spaced with at least WINDOW_OVERLAP shared when several are needed."""
+    the frame; evenly spaced with at least `overlap` px (default: WINDOW_OVERLAP of a tile)
+    shared when several are needed."""
     if frame <= tile:
         return [0]
     if length <= tile:
         return [min(max(start + length // 2 - tile // 2, 0), frame - tile)]
-    step = tile * (1 - WINDOW_OVERLAP)
+    step = tile * (1 - WINDOW_OVERLAP) if overlap is None else tile - overlap
     n = 1 + math.ceil((length - tile) / step)
     last = min(start + length - tile, frame - tile)
     first = max(start, 0)

@@ -17,7 +17,7 @@ import numpy as np
 from inspectd.bundle import export_to_bundle, load_calibration, load_normal_scores, load_tile
 from inspectd.bundle.demo import fit_demo_bundle
 from inspectd.deploy import ChainSettings, Inspector
-from inspectd.deploy.native import NativeChain, default_overlap, downscale, screen_in_tiles, screening_windows
+from inspectd.deploy.native import NativeChain, checked_overlap, default_overlap, downscale, screen_in_tiles
 from inspectd.errors import BundleError, InspectdError
 from inspectd.methods import load_method
 from inspectd.methods.base import read_bundle_config
@@ -88,7 +88,7 @@ def load_screener(settings: Settings, bundle: Path) -> Screening:
     tile = screening_tile(settings, bundle)
     if tile:
         overlap = default_overlap(tile) if settings.screening.tile_overlap is None else settings.screening.tile_overlap
-        screening_windows((tile, tile), tile, overlap)  # a bad overlap stops the start, naming itself
+        checked_overlap(tile, overlap)  # a bad overlap stops the start, naming itself
 
         def screen(frame: np.ndarray) -> tuple[np.ndarray, float]:
             return screen_in_tiles(screener, frame, tile, overlap)
